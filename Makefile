@@ -1,0 +1,77 @@
+# uninlu: one entry point for humans and CI. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CHECKOV_VENV := .venv-checkov
+STACK ?= dev
+# pip finds the local CPU torch wheel here on this kind of machine; never a CUDA build.
+PIP_FLAGS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+# Pulumi: a local file state backend inside the repo unless the user configured one.
+export PULUMI_BACKEND_URL ?= file://$(CURDIR)/.pulumi-state
+
+.PHONY: help venv lint test test-fast serve up preview bench image-test clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(PIP_FLAGS) -r requirements.txt
+	touch $@
+
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
+	touch $@
+
+venv: $(VENV)/.installed $(CHECKOV_VENV)/.installed ## create .venv (and the checkov tool venv) from the pinned requirements
+
+lint: venv ## ruff, hadolint, checkov on the Dockerfile, actionlint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	@if [ -f docker/Dockerfile ]; then $(VENV)/bin/hadolint docker/Dockerfile; fi
+	@if [ -f docker/Dockerfile ]; then $(CHECKOV_VENV)/bin/checkov --quiet --compact --framework dockerfile --skip-download -f docker/Dockerfile; fi
+	@if [ -d .github/workflows ]; then $(VENV)/bin/actionlint; fi
+
+test: lint ## lint, then the whole offline test suite
+	PATH="$(CURDIR)/$(CHECKOV_VENV)/bin:$$PATH" $(VENV)/bin/pytest
+
+test-fast: venv ## the test suite without lint
+	PATH="$(CURDIR)/$(CHECKOV_VENV)/bin:$$PATH" $(VENV)/bin/pytest -x -q
+
+serve: venv ## run the model server locally (MODEL_PATH=dir, default: a generated tiny checkpoint)
+	@if [ -z "$$MODEL_PATH" ]; then $(PY) -m app.random_checkpoint --size tiny --out .models/tiny >/dev/null; fi
+	MODEL_PATH=$${MODEL_PATH:-.models/tiny} $(PY) -m app
+
+define require_pulumi
+	@command -v pulumi >/dev/null 2>&1 || { echo "pulumi CLI not found: install it (curl -fsSL https://get.pulumi.com | sh, or brew install pulumi) and re-run 'make $@ STACK=$(STACK)'" >&2; exit 1; }
+endef
+
+up: ## pulumi up for STACK (dev|prod), local file state backend by default
+	$(require_pulumi)
+	@$(MAKE) --no-print-directory venv
+	mkdir -p .pulumi-state
+	pulumi login "$$PULUMI_BACKEND_URL"
+	pulumi stack select --create $(STACK)
+	pulumi up --stack $(STACK)
+
+preview: ## pulumi preview --diff for STACK
+	$(require_pulumi)
+	@$(MAKE) --no-print-directory venv
+	mkdir -p .pulumi-state
+	pulumi login "$$PULUMI_BACKEND_URL"
+	pulumi stack select --create $(STACK)
+	pulumi preview --diff --stack $(STACK)
+
+bench: venv ## benchmark on a full-size random checkpoint (prints a table, writes bench/out/)
+	$(PY) -m bench
+
+image-test: venv ## build docker/Dockerfile with podman here and run it read-only, non-root
+	bash docker/image-test.sh
+
+clean: ## remove the venvs and generated files
+	rm -rf $(VENV) $(CHECKOV_VENV) .models bench/out .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""uninlu Pulumi components and the Helm chart they release."""
