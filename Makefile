@@ -19,7 +19,6 @@ help: ## list the targets
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(PIP_FLAGS) -r requirements.txt
 	touch $@
 
@@ -47,24 +46,28 @@ serve: venv ## run the model server locally (MODEL_PATH=dir, default: a generate
 	@if [ -z "$$MODEL_PATH" ]; then $(PY) -m app.random_checkpoint --size tiny --out .models/tiny >/dev/null; fi
 	MODEL_PATH=$${MODEL_PATH:-.models/tiny} $(PY) -m app
 
-define require_pulumi
-	@command -v pulumi >/dev/null 2>&1 || { echo "pulumi CLI not found: install it (curl -fsSL https://get.pulumi.com | sh, or brew install pulumi) and re-run 'make $@ STACK=$(STACK)'" >&2; exit 1; }
+# One line and a non-zero exit when the Pulumi CLI is missing (expanded only when up/preview run).
+require_pulumi = $(if $(shell command -v pulumi),,$(error pulumi CLI not found: install it (https://www.pulumi.com/docs/install/, e.g. curl -fsSL https://get.pulumi.com | sh) and re-run 'make $@ STACK=$(STACK)'))
+require_stack = $(if $(wildcard Pulumi.$(STACK).yaml),,$(error no Pulumi.$(STACK).yaml: STACK must name a stack file ($(patsubst Pulumi.%.yaml,%,$(wildcard Pulumi.*.yaml)))))
+# The exact commands of `make up` / `make preview` (also listed in README.md).
+define pulumi_stack
+	mkdir -p .pulumi-state
+	pulumi login "$$PULUMI_BACKEND_URL"
+	pulumi stack select --create --secrets-provider passphrase $(STACK)
 endef
 
 up: ## pulumi up for STACK (dev|prod), local file state backend by default
+	$(require_stack)
 	$(require_pulumi)
 	@$(MAKE) --no-print-directory venv
-	mkdir -p .pulumi-state
-	pulumi login "$$PULUMI_BACKEND_URL"
-	pulumi stack select --create $(STACK)
+	$(pulumi_stack)
 	pulumi up --stack $(STACK)
 
 preview: ## pulumi preview --diff for STACK
+	$(require_stack)
 	$(require_pulumi)
 	@$(MAKE) --no-print-directory venv
-	mkdir -p .pulumi-state
-	pulumi login "$$PULUMI_BACKEND_URL"
-	pulumi stack select --create $(STACK)
+	$(pulumi_stack)
 	pulumi preview --diff --stack $(STACK)
 
 bench: venv ## benchmark on a full-size random checkpoint (prints a table, writes bench/out/)
