@@ -1,7 +1,102 @@
-"""Prometheus metric names: the contract shared with the Prometheus Adapter rule and the chart's HPA."""
+"""Prometheus metrics: the names are the contract shared with the Prometheus Adapter rule and the
+chart's HPA; `Metrics` holds the series of one server."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 METRIC_PREFIX = "uninlu_"
 REQUESTS_TOTAL = "uninlu_requests_total"
-# The HPA's Pods metric, derived by the Prometheus Adapter from REQUESTS_TOTAL on the predict routes.
+# The HPA's Pods metric, derived by the Prometheus Adapter from REQUESTS_TOTAL on the predict
+# routes.
 PREDICT_RPS_METRIC = "uninlu_predict_requests_per_second"
 PREDICT_ROUTES = ("/predict", "/predict/batch")
+
+# Below: the metric objects of DESIGN.md §4. Each app gets its own registry, so tests can run
+# several apps in one process and /metrics shows exactly this server's series.
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Bounded label values: the rejection causes the server can report.
+REJECT_REASONS = (
+    "queue_full",
+    "not_ready",
+    "shutting_down",
+    "text_too_long",
+    "body_too_large",
+    "too_many_items",
+    "invalid_request",
+)
+INFERENCE_STAGES = ("tokenize", "encode", "score", "decode")
+
+
+class Metrics:
+    """The server's Prometheus series in one per-app registry (names fixed by DESIGN.md §4)."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # no *_created series: half the lines, nothing we use
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests_total = Counter(
+            REQUESTS_TOTAL,
+            "HTTP requests answered, by route template, method and status code",
+            ("route", "method", "status"),
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "uninlu_request_duration_seconds",
+            "Time from request start to the end of the response, by route template",
+            ("route",),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "uninlu_inflight_requests", "HTTP requests being handled now", registry=r
+        )
+        self.queue_depth = Gauge(
+            "uninlu_queue_depth",
+            "Predictions admitted to the batcher and not finished (waiting + running)",
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "uninlu_queue_wait_seconds",
+            "Time a prediction waited before the inference worker took it",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "uninlu_inference_seconds",
+            "Worker time per stage: tokenize (text), encode / score (backend calls), "
+            "decode (spans and next-level prompts)",
+            ("stage",),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "uninlu_batch_size",
+            "Number of different requests whose steps shared one backend call",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.rejected = Counter(
+            "uninlu_rejected_total",
+            "Requests refused before inference, by cause",
+            ("reason",),
+            registry=r,
+        )
+        self.model_load_seconds = Gauge(
+            "uninlu_model_load_seconds", "Time it took to load the model at start-up", registry=r
+        )
+        self.model_ready = Gauge(
+            "uninlu_model_ready",
+            "1 once the model is loaded and warmed up, 0 otherwise",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "uninlu_build_info",
+            "Always 1; the labels say what is running",
+            ("version", "model", "backend"),
+            registry=r,
+        )
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+        for stage in INFERENCE_STAGES:
+            self.inference.labels(stage)

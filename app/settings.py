@@ -1,0 +1,160 @@
+"""Server settings, read from the environment once (by the caller, never at import time).
+
+Every setting is documented next to its field; `Settings.from_env()` parses and validates them and
+`Settings.describe()` gives the start-up log line (nothing here is secret, so nothing is redacted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+_POSITIVE = (
+    "port",
+    "max_text_chars",
+    "max_schema_nodes",
+    "max_schema_depth",
+    "max_body_bytes",
+    "max_batch_items",
+    "max_batch_tokens",
+    "max_batch_requests",
+    "max_queue",
+)
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the server cannot use (the message names it)."""
+
+
+def _setting(default: Any, env: str, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one server process needs to know; tests build it directly, `python -m app` from env."""
+
+    model_path: str = _setting("", "MODEL_PATH", "checkpoint directory (config.json, vocab.txt, …)")
+    host: str = _setting("0.0.0.0", "HOST", "interface uvicorn binds (0.0.0.0 inside a pod)")
+    port: int = _setting(7860, "PORT", "HTTP port of the API, the web page and /metrics")
+    warmup_text: str = _setting(
+        "今天上午，小林在杭州西湖边买了两杯龙井茶。",
+        "WARMUP_TEXT",
+        "text run through every code path (single, batch, nested schema) before /ready turns 200",
+    )
+    device: str = _setting("auto", "DEVICE", "auto | cpu | cuda (auto = cuda when available)")
+    torch_threads: int | None = _setting(
+        None, "TORCH_THREADS", "intra-op threads for torch; unset = torch's default (all cores)"
+    )
+    backend: str = _setting("torch", "BACKEND", "inference backend kind passed to load_backend")
+    max_text_chars: int = _setting(
+        10000, "MAX_TEXT_CHARS", "longest accepted text in characters; longer -> 413"
+    )
+    max_schema_nodes: int = _setting(
+        64, "MAX_SCHEMA_NODES", "most keys in one schema, all levels together; more -> 422"
+    )
+    max_schema_depth: int = _setting(
+        4, "MAX_SCHEMA_DEPTH", "deepest nesting of schema objects; deeper -> 422"
+    )
+    max_body_bytes: int = _setting(
+        2 * 1024 * 1024, "MAX_BODY_BYTES", "largest request body in bytes; larger -> 413"
+    )
+    max_batch_items: int = _setting(
+        32, "MAX_BATCH_ITEMS", "most items in one POST /predict/batch; more -> 413"
+    )
+    max_batch_tokens: int = _setting(
+        8192,
+        "MAX_BATCH_TOKENS",
+        "upper bound of one backend call: rows x padded length; bigger rounds are split",
+    )
+    batch_wait_ms: float = _setting(
+        5.0,
+        "BATCH_WAIT_MS",
+        "how long an idle worker waits for more requests to join a new batch",
+    )
+    max_batch_requests: int = _setting(
+        64,
+        "MAX_BATCH_REQUESTS",
+        "requests the worker drives at once; 1 = one at a time (cross-request batching off)",
+    )
+    max_queue: int = _setting(
+        128,
+        "MAX_QUEUE",
+        "requests admitted at once (waiting + running; a batch item counts as one); more -> 429",
+    )
+    log_level: str = _setting("INFO", "LOG_LEVEL", "DEBUG | INFO | WARNING | ERROR")
+    log_format: str = _setting("json", "LOG_FORMAT", "json (one object per line) | text (humans)")
+    log_request_text: bool = _setting(
+        False, "LOG_REQUEST_TEXT", "also log the request text (off: texts may be personal data)"
+    )
+    graceful_shutdown_seconds: int = _setting(
+        30,
+        "GRACEFUL_SHUTDOWN_SECONDS",
+        "after SIGTERM (and the drain delay), how long in-flight requests may take to finish",
+    )
+    drain_delay_seconds: float = _setting(
+        0.0,
+        "DRAIN_DELAY_SECONDS",
+        "after SIGTERM, keep answering (/ready 503, new predictions 503) this long before closing "
+        "the listener, so load balancers see the pod leave; pod grace period must cover "
+        "this + GRACEFUL_SHUTDOWN_SECONDS",
+    )
+
+    def __post_init__(self) -> None:
+        for name in _POSITIVE:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{_env(name)} must be at least 1, got {getattr(self, name)}")
+        for name in ("batch_wait_ms", "graceful_shutdown_seconds", "drain_delay_seconds"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{_env(name)} must not be negative")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise SettingsError("TORCH_THREADS must be at least 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise SettingsError(f"DEVICE must be auto, cpu or cuda, got {self.device!r}")
+        if self.log_format not in ("json", "text"):
+            raise SettingsError(f"LOG_FORMAT must be json or text, got {self.log_format!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise SettingsError(f"LOG_LEVEL {self.log_level!r} is not a logging level")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build from environment variables; unset ones keep their defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _parse(f, raw.strip())
+        return cls(**values)
+
+    def describe(self) -> dict[str, Any]:
+        """Every setting by its environment name, for the start-up log line."""
+        return {f.metadata["env"]: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def _env(name: str) -> str:
+    return Settings.__dataclass_fields__[name].metadata["env"]
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = str(f.type)
+    env = f.metadata["env"]
+    try:
+        if kind.startswith("bool"):
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{env}={raw!r} is not a valid {kind.split()[0]}") from None
+    return raw
