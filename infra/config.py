@@ -1,0 +1,344 @@
+"""The stack's configuration (namespace `uninlu:`): the ONLY reader of pulumi.Config.
+
+Every value is validated here, before any resource is registered, so a typo in a stack file
+stops `pulumi preview` with one clear message naming the key and the file instead of a
+half-applied deployment. The components take the typed StackConfig and never read config.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pulumi
+from pulumi.runtime import config as runtime_config
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+NAMESPACE = "uninlu"
+PASSWORD_KEY = "registryPassword"
+DEFAULT_MODEL_ID = "iic/nlp_structbert_siamese-uninlu_chinese-base"
+DEFAULT_TORCH_INDEX_URL = "https://download.pytorch.org/whl/cpu"
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Kubernetes quantities as the API accepts them: "500m", "1.5", "2Gi", "256M".
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
+_PERCENT_OR_COUNT = r"^[0-9]+%$"
+
+Quantity = Annotated[str, Field(pattern=_QUANTITY)]
+
+
+class ConfigError(pulumi.RunError):
+    """Invalid stack configuration. RunError makes the CLI print the message without a traceback."""
+
+
+class _Model(BaseModel):
+    """camelCase keys as in the stack YAML; unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class ModelSource(_Model):
+    """Where the image build gets the checkpoint: ModelScope (id + revision) or a local dir."""
+
+    source: Literal["modelscope", "local"] = "modelscope"
+    id: str = Field(DEFAULT_MODEL_ID, min_length=1)
+    revision: str = Field("master", min_length=1)
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _check_source(self) -> ModelSource:
+        if self.source == "local" and not self.path:
+            raise ValueError("model.path is required when model.source is 'local'")
+        if self.source == "modelscope" and self.path:
+            raise ValueError("model.path is only used with model.source 'local'")
+        return self
+
+
+class ImageSettings(_Model):
+    """Image build and push: registry, repository and tag, credentials user, cache and platforms.
+
+    There is no "don't push" switch: the Deployment is pinned to the pushed digest.
+    """
+
+    registry: str = Field(min_length=1)
+    repository: str = Field("uninlu", pattern=r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
+    tag: str = Field("latest", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+    platforms: list[Literal["linux/amd64", "linux/arm64"]] = Field(
+        default_factory=lambda: ["linux/amd64"], min_length=1
+    )
+    cache: bool = True
+    build_on_preview: bool = False
+    torch_index_url: str = Field(DEFAULT_TORCH_INDEX_URL, pattern=r"^https?://")
+    username: str | None = Field(None, min_length=1)
+
+    @property
+    def name(self) -> str:
+        """registry/repository, without tag or digest."""
+        return f"{self.registry}/{self.repository}"
+
+
+class Resources(_Model):
+    requests: dict[Literal["cpu", "memory", "ephemeral-storage"], Quantity] | None = None
+    limits: dict[Literal["cpu", "memory", "ephemeral-storage"], Quantity] | None = None
+
+
+class ScalingPolicy(_Model):
+    type: Literal["Pods", "Percent"]
+    value: int = Field(gt=0)
+    period_seconds: int = Field(gt=0, le=1800)
+
+
+class ScalingRules(_Model):
+    """One direction of the HPA's behavior (autoscaling/v2 HPAScalingRules)."""
+
+    stabilization_window_seconds: int | None = Field(None, ge=0, le=3600)
+    select_policy: Literal["Max", "Min", "Disabled"] | None = None
+    policies: list[ScalingPolicy] | None = Field(None, min_length=1)
+
+
+class Behavior(_Model):
+    scale_up: ScalingRules | None = None
+    scale_down: ScalingRules | None = None
+
+
+class Autoscaling(_Model):
+    """HPA on CPU and on predict requests per second per pod (the adapter's custom metric)."""
+
+    enabled: bool = True
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(3, ge=1)
+    target_cpu_utilization_percentage: int = Field(
+        70, ge=1, le=100, alias="targetCPUUtilizationPercentage"
+    )
+    # null turns the request-rate metric off (CPU only).
+    target_requests_per_second_per_pod: float | None = Field(10, gt=0)
+    behavior: Behavior | None = None
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"minReplicas ({self.min_replicas}) must not exceed "
+                f"maxReplicas ({self.max_replicas})"
+            )
+        return self
+
+
+class Pdb(_Model):
+    enabled: bool = False
+    max_unavailable: int | Annotated[str, Field(pattern=_PERCENT_OR_COUNT)] | None = 1
+    min_available: int | Annotated[str, Field(pattern=_PERCENT_OR_COUNT)] | None = None
+
+
+class Probes(_Model):
+    """Budget for model load + warm-up before the kubelet gives up on a starting pod."""
+
+    model_load_timeout_seconds: int = Field(300, ge=10, le=3600)
+
+
+class Server(_Model):
+    """Server settings (DESIGN.md §5) forwarded to the chart; unset keys keep the chart default."""
+
+    device: Literal["auto", "cpu", "cuda"] | None = None
+    torch_threads: int | None = Field(None, ge=1)
+    max_text_chars: int | None = Field(None, ge=1)
+    max_batch_tokens: int | None = Field(None, ge=1)
+    batch_wait_ms: int | None = Field(None, ge=0)
+    max_queue: int | None = Field(None, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
+    log_format: Literal["json", "text"] | None = None
+    graceful_shutdown_seconds: int | None = Field(None, ge=0)
+
+
+class Monitoring(_Model):
+    """Prometheus Adapter (always, unless managed elsewhere), and for laptops a small Prometheus."""
+
+    namespace: str = Field("monitoring", pattern=_DNS_LABEL, max_length=63)
+    install_adapter: bool = True
+    install_prometheus: bool = False
+    install_metrics_server: bool = False
+    prometheus_url: str | None = Field(None, pattern=r"^https?://[^\s:/]+(\.[^\s:/]+)*(/.*)?$")
+    prometheus_port: int = Field(9090, ge=1, le=65535)
+    service_monitor: bool = False
+    service_monitor_labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_prometheus(self) -> Monitoring:
+        if self.install_prometheus and self.prometheus_url:
+            raise ValueError(
+                "set either installPrometheus (a small in-cluster Prometheus) or prometheusUrl "
+                "(an existing one), not both"
+            )
+        if self.install_adapter and not self.install_prometheus and not self.prometheus_url:
+            raise ValueError(
+                "the Prometheus Adapter needs a Prometheus: set prometheusUrl, "
+                "or installPrometheus: true for a laptop cluster"
+            )
+        return self
+
+
+class Service(_Model):
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    port: int = Field(80, ge=1, le=65535)
+
+
+class Ingress(_Model):
+    enabled: bool = False
+    class_name: str = ""
+    host: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    tls_secret_name: str | None = Field(None, pattern=_DNS_LABEL)
+
+    @model_validator(mode="after")
+    def _check_host(self) -> Ingress:
+        if self.enabled and not self.host:
+            raise ValueError("ingress.host is required when ingress.enabled is true")
+        return self
+
+
+class Settings(_Model):
+    """All plain (non-secret) keys of the `uninlu:` namespace."""
+
+    namespace: str = Field("uninlu", pattern=_DNS_LABEL, max_length=63)
+    image: ImageSettings
+    model: ModelSource = Field(default_factory=ModelSource)
+    resources: Resources | None = None
+    replicas: int = Field(1, ge=1)
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    pdb: Pdb = Field(default_factory=Pdb)
+    probes: Probes = Field(default_factory=Probes)
+    server: Server = Field(default_factory=Server)
+    monitoring: Monitoring
+    service: Service = Field(default_factory=Service)
+    ingress: Ingress = Field(default_factory=Ingress)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Settings:
+        fewest = self.autoscaling.min_replicas if self.autoscaling.enabled else self.replicas
+        if self.pdb.enabled and fewest < 2:
+            raise ValueError(
+                f"pdb.enabled needs at least 2 replicas (here {fewest}): with one pod a "
+                "PodDisruptionBudget blocks every node drain"
+            )
+        wants_rps = self.autoscaling.enabled and self.autoscaling.target_requests_per_second_per_pod
+        if wants_rps and not self.monitoring.install_adapter:
+            raise ValueError(
+                "autoscaling.targetRequestsPerSecondPerPod needs the Prometheus Adapter: set "
+                "monitoring.installAdapter: true, or targetRequestsPerSecondPerPod: null"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """The validated settings plus the registry password, which stays a Pulumi secret Output."""
+
+    stack: str
+    settings: Settings
+    registry_password: pulumi.Output[str] | None
+
+    @property
+    def stack_file(self) -> str:
+        return stack_file(self.stack)
+
+
+def stack_file(stack: str) -> str:
+    return f"Pulumi.{stack}.yaml"
+
+
+_FIELDS = {field.alias or name: name for name, field in Settings.model_fields.items()}
+_KNOWN_KEYS = set(_FIELDS) | {PASSWORD_KEY}
+
+
+def _configured_keys() -> set[str]:
+    """Keys of the `uninlu:` namespace: set in-process (tests) or passed by the language host."""
+    keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+    prefix = f"{NAMESPACE}:"
+    return {key[len(prefix) :] for key in keys if key.startswith(prefix)}
+
+
+def _is_secret(key: str) -> bool:
+    full = f"{NAMESPACE}:{key}"
+    return (
+        runtime_config.is_config_secret(full) or full in runtime_config.get_config_secret_keys_env()
+    )
+
+
+def _decode(raw: str) -> Any:
+    """Objects and lists arrive JSON-encoded; scalars arrive as strings (pydantic coerces them)."""
+    if raw[:1] in "{[":
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = ".".join(str(part) for part in error["loc"])
+    key = f"{NAMESPACE}:{loc}" if loc else f"{NAMESPACE}:<{error.get('ctx', {}).get('key', '?')}>"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] not in ("missing", "extra_forbidden") and "input" in error:
+        message += f" (got {error['input']!r})"
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"  {key}: {message}"
+
+
+def load_stack_config() -> StackConfig:
+    """Read and validate the current stack's config, or raise ConfigError listing every problem."""
+    stack = pulumi.get_stack()
+    config = pulumi.Config(NAMESPACE)
+    where = stack_file(stack)
+    present = _configured_keys()
+
+    problems = [
+        f"  {NAMESPACE}:{key}: unknown key (known: {', '.join(sorted(_KNOWN_KEYS))})"
+        for key in sorted(present - _KNOWN_KEYS)
+    ]
+    raw = {key: _decode(config.get(key)) for key in sorted(present & set(_FIELDS))}
+    settings: Settings | None = None
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems += [_describe(error) for error in exc.errors()]
+
+    password: pulumi.Output[str] | None = None
+    if PASSWORD_KEY in present:
+        if not _is_secret(PASSWORD_KEY):
+            problems.append(
+                f"  {NAMESPACE}:{PASSWORD_KEY}: must be a secret; set it with "
+                f"`pulumi config set --secret {NAMESPACE}:{PASSWORD_KEY} <token> --stack {stack}`"
+            )
+        else:
+            password = config.get_secret(PASSWORD_KEY)
+    if settings is not None and settings.image.username and PASSWORD_KEY not in present:
+        problems.append(
+            f"  {NAMESPACE}:{PASSWORD_KEY}: missing secret; image.username is set, so the registry "
+            f"needs a password: `pulumi config set --secret {NAMESPACE}:{PASSWORD_KEY} <token> "
+            f"--stack {stack}`"
+        )
+    if settings is not None and PASSWORD_KEY in present and not settings.image.username:
+        problems.append(
+            f"  {NAMESPACE}:image.username: required when {NAMESPACE}:{PASSWORD_KEY} is set"
+        )
+    if settings is not None and settings.model.source == "local":
+        model_dir = Path(settings.model.path or "")
+        if not model_dir.is_dir():
+            problems.append(
+                f"  {NAMESPACE}:model.path: {model_dir} is not a directory "
+                f"(relative paths start at the project root {Path.cwd()})"
+            )
+
+    if problems:
+        raise ConfigError(f"invalid stack config in {where}:\n" + "\n".join(problems))
+    assert settings is not None
+    return StackConfig(stack=stack, settings=settings, registry_password=password)
+
+
+def has_registry_auth(cfg: StackConfig) -> bool:
+    return cfg.settings.image.username is not None and cfg.registry_password is not None

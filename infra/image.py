@@ -1,0 +1,111 @@
+"""The inference image: build docker/Dockerfile with BuildKit, push it, output a digest reference.
+
+The Deployment uses `<registry>/<repository>@sha256:...`, never a moving tag, so every new build
+changes the pod template and rolls the pods, and a node can never run a stale image.
+Paths are relative to the project root (where Pulumi runs the program): absolute paths would
+differ between a laptop and CI and show up as a spurious diff in every preview.
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_docker_build as docker_build
+
+from infra.config import ImageSettings, ModelSource
+
+CONTEXT = "."
+DOCKERFILE = "docker/Dockerfile"
+# The Dockerfile copies the checkpoint from a build stage of this name; a named context of the
+# same name replaces that stage with a local directory.
+MODEL_CONTEXT = "model"
+CACHE_TAG = "buildcache"
+
+
+def build_args(image: ImageSettings, model: ModelSource) -> dict[str, str]:
+    """The Dockerfile's ARGs: where the checkpoint comes from and which torch wheel index to use."""
+    args = {"MODEL_SOURCE": model.source, "TORCH_INDEX_URL": image.torch_index_url}
+    if model.source == "modelscope":
+        args |= {"MODELSCOPE_MODEL_ID": model.id, "MODELSCOPE_REVISION": model.revision}
+    return args
+
+
+def build_context(model: ModelSource) -> docker_build.BuildContextArgs:
+    named = None
+    if model.source == "local":
+        assert model.path is not None  # checked by the config
+        named = {MODEL_CONTEXT: docker_build.ContextArgs(location=model.path)}
+    return docker_build.BuildContextArgs(location=CONTEXT, named=named)
+
+
+def registry_cache(
+    image: ImageSettings,
+) -> tuple[list[docker_build.CacheFromArgs], list[docker_build.CacheToArgs]]:
+    """Layer cache kept in the registry next to the image (mode=max also caches build stages)."""
+    if not image.cache:
+        return [], []
+    ref = f"{image.name}:{CACHE_TAG}"
+    return (
+        [docker_build.CacheFromArgs(registry=docker_build.CacheFromRegistryArgs(ref=ref))],
+        [
+            docker_build.CacheToArgs(
+                registry=docker_build.CacheToRegistryArgs(
+                    ref=ref,
+                    mode=docker_build.CacheMode.MAX,
+                    image_manifest=True,
+                    oci_media_types=True,
+                )
+            )
+        ],
+    )
+
+
+class InferenceImage(pulumi.ComponentResource):
+    """Builds and pushes the model server image; `ref` is the pinned `repository@digest`."""
+
+    repository: str
+    digest: pulumi.Output[str]
+    ref: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        image: ImageSettings,
+        model: ModelSource,
+        registry_password: pulumi.Output[str] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("uninlu:infra:InferenceImage", name, None, opts)
+        registries = None
+        if image.username and registry_password is not None:
+            registries = [
+                docker_build.RegistryArgs(
+                    address=image.registry,
+                    username=image.username,
+                    password=pulumi.Output.secret(registry_password),
+                )
+            ]
+        cache_from, cache_to = registry_cache(image)
+        self.repository = image.name
+        built = docker_build.Image(
+            name,
+            context=build_context(model),
+            dockerfile=docker_build.DockerfileArgs(location=DOCKERFILE),
+            build_args=build_args(image, model),
+            tags=[f"{image.name}:{image.tag}"],
+            push=True,
+            platforms=[docker_build.Platform(platform) for platform in image.platforms],
+            registries=registries,
+            cache_from=cache_from or None,
+            cache_to=cache_to or None,
+            build_on_preview=image.build_on_preview,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.digest = built.digest
+        self.ref = built.digest.apply(lambda digest: _pinned(image.name, digest))
+        self.register_outputs({"ref": self.ref, "digest": self.digest})
+
+
+def _pinned(repository: str, digest: str) -> str:
+    if not digest.startswith("sha256:"):
+        raise ValueError(f"the image push returned no sha256 digest for {repository}: {digest!r}")
+    return f"{repository}@{digest}"
