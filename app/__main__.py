@@ -1,0 +1,47 @@
+"""`python -m app`: serve (default), or `predict` one text from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from app.backend import load_backend
+    from app.errors import UninluError
+    from app.pipeline import parse_schema, predict
+
+    try:
+        schema = parse_schema(args.schema)
+        backend, tokenizer = load_backend(args.model_path, device=args.device, threads=args.threads)
+        output = predict(backend, tokenizer, args.text, schema, args.output_all_prefix)
+    except (UninluError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"output": output}, ensure_ascii=False))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="run the HTTP model server (the default)")
+    p = sub.add_parser("predict", help="extract from one text and print the JSON result")
+    p.add_argument("--model-path", required=True, help="ModelScope checkpoint directory")
+    p.add_argument("--text", required=True)
+    p.add_argument("--schema", required=True, help="JSON, e.g. '{\"人物\": null}'")
+    p.add_argument("--output-all-prefix", action="store_true", help="also output inner chains")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.command == "predict":
+        return _predict(args)
+    from app.server import serve
+
+    serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

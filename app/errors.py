@@ -1,0 +1,18 @@
+"""Domain errors of the model layer. Each carries a message meant for a human; the HTTP layer
+maps the class to a status code (SchemaError -> 422, CheckpointError -> start-up failure)."""
+
+
+class UninluError(Exception):
+    """Base class: `str(err)` is the human message."""
+
+
+class CheckpointError(UninluError):
+    """The model directory cannot be loaded (missing file, bad config, wrong keys or shapes)."""
+
+
+class SchemaError(UninluError):
+    """The extraction schema is not a valid nested mapping of type names."""
+
+
+class InputError(UninluError):
+    """A request input other than the schema is unusable (e.g. text is not a string)."""
