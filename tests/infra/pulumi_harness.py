@@ -201,3 +201,29 @@ def start(
 def prod_secrets() -> dict[str, str]:
     """What an operator sets once for prod (the password is not in the committed stack file)."""
     return {"registryPassword": TEST_PASSWORD}
+
+
+@dataclass
+class Result:
+    """A finished program run: what was registered and the resolved stack outputs."""
+
+    run: Run
+    outputs: dict[str, Any]
+
+
+def run_program(program: Any, stack: str, **start_kwargs: Any) -> Result:
+    """Run `program()` (returning its outputs dict) under mocks until every registration is done.
+
+    The inner test function returns the Output it waits on, so nothing is skipped silently; an
+    exception in the program or in an apply propagates out of this call.
+    """
+    captured: dict[str, Any] = {}
+
+    @pulumi.runtime.test
+    def _run() -> pulumi.Output:
+        captured["run"] = start(stack, **start_kwargs)
+        outputs = program()
+        return pulumi.Output.all(**outputs).apply(lambda resolved: captured.update(out=resolved))
+
+    _run()
+    return Result(run=captured["run"], outputs=captured["out"])

@@ -1,0 +1,336 @@
+"""The Pulumi program under mocks, per stack file: what it registers, in which order, with which
+inputs; and, through the real Helm engine, what Kubernetes would receive."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+import yaml
+from pulumi_harness import (
+    REPO,
+    TEST_PASSWORD,
+    is_secret,
+    plain_occurrences,
+    prod_secrets,
+    run_program,
+    start,
+)
+
+from app.metrics import PREDICT_ROUTES, PREDICT_RPS_METRIC, REQUESTS_TOTAL
+from infra import monitoring
+from infra.chart_render import find, render_chart, validate_manifests
+from infra.program import deploy
+
+RELEASE = "kubernetes:helm.sh/v3:Release"
+IMAGE = "docker-build:index:Image"
+STACKS = {"dev": {}, "prod": {"secrets": prod_secrets()}}
+
+
+def stack_yaml(stack: str, path: Path | None = None) -> dict[str, Any]:
+    """The stack file as written (the tests compare against it, not against the program)."""
+    document = yaml.safe_load((path or REPO / f"Pulumi.{stack}.yaml").read_text())
+    return {key.removeprefix("uninlu:"): value for key, value in document["config"].items()}
+
+
+@pytest.fixture(scope="module", params=sorted(STACKS))
+def result(request):
+    return request.param, run_program(deploy, request.param, **STACKS[request.param])
+
+
+def release_inputs(res, name: str = "uninlu") -> dict[str, Any]:
+    return res.run.one(RELEASE, name).plain_inputs
+
+
+def rendered(res) -> list[dict]:
+    inputs = release_inputs(res)
+    return render_chart(inputs["values"], name=inputs["name"], namespace=inputs["namespace"])
+
+
+def test_registers_components_and_their_children(result):
+    stack, res = result
+    names = sorted((r.type, r.name) for r in res.run.resources)
+    expected = [
+        ("docker-build:index:Image", "uninlu-image"),
+        ("kubernetes:core/v1:Namespace", "uninlu-namespace"),
+        (RELEASE, "uninlu"),
+        (RELEASE, "uninlu-monitoring-adapter"),
+        ("uninlu:infra:InferenceImage", "uninlu-image"),
+        ("uninlu:infra:ModelService", "uninlu"),
+        ("uninlu:infra:Monitoring", "uninlu-monitoring"),
+    ]
+    if stack == "dev":
+        expected += [
+            (RELEASE, "uninlu-monitoring-metrics-server"),
+            (RELEASE, "uninlu-monitoring-prometheus"),
+        ]
+    else:
+        expected += [("kubernetes:core/v1:Secret", "uninlu-registry")]
+    assert names == sorted(expected)
+    components = {r.name: r.urn for r in res.run.resources if r.type.startswith("uninlu:infra:")}
+    for child in res.run.resources:
+        if not child.type.startswith("uninlu:infra:"):
+            assert child.parent in components.values(), f"{child.name} has no component parent"
+
+
+def test_image_build_args_and_push_settings(result):
+    stack, res = result
+    config = stack_yaml(stack)
+    image = res.run.one(IMAGE).plain_inputs
+    name = f"{config['image']['registry']}/{config['image']['repository']}"
+    assert image["context"] == {"location": "."}
+    assert image["dockerfile"] == {"location": "docker/Dockerfile"}
+    assert image["buildArgs"] == {
+        "MODEL_SOURCE": "modelscope",
+        "MODELSCOPE_MODEL_ID": config["model"]["id"],
+        "MODELSCOPE_REVISION": config["model"]["revision"],
+        "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu",
+    }
+    assert image["push"] is True
+    assert image["tags"] == [f"{name}:{config['image']['tag']}"]
+    assert image["platforms"] == ["linux/amd64"]
+    assert image["buildOnPreview"] is False
+    if config["image"]["cache"]:
+        assert image["cacheFrom"] == [{"registry": {"ref": f"{name}:buildcache"}}]
+        assert image["cacheTo"][0]["registry"]["ref"] == f"{name}:buildcache"
+        assert image["cacheTo"][0]["registry"]["mode"] == "max"
+    else:
+        assert "cacheFrom" not in image and "cacheTo" not in image
+    if stack == "prod":
+        assert image["registries"] == [
+            {"address": "ghcr.io", "username": "uninlu-ci", "password": TEST_PASSWORD}
+        ]
+    else:
+        assert "registries" not in image  # the local registry needs no login
+    digest_ref = res.outputs["imageRef"]
+    assert digest_ref.startswith(f"{name}@sha256:") and len(digest_ref.split("@sha256:")[1]) == 64
+
+
+def test_adapter_chart_version_and_rule(result):
+    stack, res = result
+    config = stack_yaml(stack)["monitoring"]
+    adapter = release_inputs(res, "uninlu-monitoring-adapter")
+    assert adapter["chart"] == "prometheus-adapter"
+    assert adapter["version"] == monitoring.ADAPTER_VERSION
+    assert adapter["repositoryOpts"] == {
+        "repo": "https://prometheus-community.github.io/helm-charts"
+    }
+    assert adapter["namespace"] == config["namespace"]
+    values = adapter["values"]
+    if stack == "dev":
+        assert values["prometheus"]["url"] == "http://prometheus-server.monitoring.svc"
+        assert values["prometheus"]["port"] == 80
+        prometheus = release_inputs(res, "uninlu-monitoring-prometheus")
+        assert (prometheus["chart"], prometheus["name"]) == ("prometheus", "prometheus")
+        assert prometheus["version"] == monitoring.PROMETHEUS_VERSION
+        assert prometheus["values"]["server"]["persistentVolume"] == {"enabled": False}
+    else:
+        assert values["prometheus"]["url"] == config["prometheusUrl"]
+        assert values["prometheus"]["port"] == config["prometheusPort"]
+    assert values["rules"]["default"] is False
+    (rule,) = values["rules"]["custom"]
+    assert rule["name"] == {"matches": f"^{REQUESTS_TOTAL}$", "as": PREDICT_RPS_METRIC}
+    route_matcher = 'route=~"' + "|".join(PREDICT_ROUTES) + '"'
+    assert rule["seriesQuery"].startswith(REQUESTS_TOTAL + "{")
+    assert route_matcher in rule["seriesQuery"]
+    # The query the HPA's numbers come from must filter the routes too, and be a per-pod rate.
+    assert rule["metricsQuery"] == (
+        f"sum(rate(<<.Series>>{{<<.LabelMatchers>>,{route_matcher}}}[2m])) by (<<.GroupBy>>)"
+    )
+    assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+
+
+def test_service_release_values_come_from_the_stack_file(result):
+    stack, res = result
+    config = stack_yaml(stack)
+    release = release_inputs(res)
+    assert release["chart"] == "./infra/chart"
+    assert release["namespace"] == config["namespace"]
+    assert release["atomic"] is True
+    assert release["timeout"] > config["probes"]["modelLoadTimeoutSeconds"]
+    values = release["values"]
+    scaling = config["autoscaling"]
+    assert values["autoscaling"] == {
+        "enabled": True,
+        "minReplicas": scaling["minReplicas"],
+        "maxReplicas": scaling["maxReplicas"],
+        "targetCPUUtilizationPercentage": scaling["targetCPUUtilizationPercentage"],
+        "requestsPerSecondMetric": True,
+        "targetRequestsPerSecondPerPod": scaling["targetRequestsPerSecondPerPod"],
+    }
+    assert values["pdb"]["enabled"] is config["pdb"]["enabled"]
+    assert values["resources"] == config["resources"]
+    assert values["server"] == config["server"]
+    assert values["probes"] == config["probes"]
+    assert values["metrics"]["serviceMonitor"]["enabled"] is (stack == "prod")
+    repository, digest = res.outputs["imageRef"].split("@")
+    assert values["image"] == {"repository": repository, "digest": digest}
+    expected_pull = [{"name": "uninlu-registry"}] if stack == "prod" else []
+    assert values["imagePullSecrets"] == expected_pull
+
+
+def test_dependency_order(result):
+    stack, res = result
+    run = res.run
+    service = run.one(RELEASE, "uninlu")
+    before_service = {run.by_urn(urn).name for urn in service.dependencies}
+    assert {"uninlu-monitoring-adapter", "uninlu-namespace", "uninlu-image"} <= before_service
+    if stack == "dev":
+        adapter = run.one(RELEASE, "uninlu-monitoring-adapter")
+        assert [run.by_urn(urn).name for urn in adapter.dependencies] == [
+            "uninlu-monitoring-prometheus"
+        ]
+        assert "uninlu-monitoring-metrics-server" in before_service
+    else:
+        assert "uninlu-registry" in before_service
+
+
+def test_registry_password_is_only_ever_a_secret():
+    res = run_program(deploy, "prod", **STACKS["prod"])
+    leaks = {
+        f"{r.type} {r.name}": hits
+        for r in res.run.resources
+        if (hits := plain_occurrences(r.inputs, TEST_PASSWORD))
+    }
+    assert leaks == {}
+    assert TEST_PASSWORD not in repr(res.outputs)
+    image = res.run.one(IMAGE)
+    assert is_secret(image.inputs["registries"])
+    pull_secret = res.run.one("kubernetes:core/v1:Secret", "uninlu-registry")
+    assert pull_secret.inputs["type"] == "kubernetes.io/dockerconfigjson"
+    assert is_secret(pull_secret.inputs["stringData"])  # wrapped whole, as it holds a secret
+    assert TEST_PASSWORD in pull_secret.plain_inputs["stringData"][".dockerconfigjson"]
+    # The chart values stay readable in a preview diff: nothing in them is secret.
+    values = res.run.one(RELEASE, "uninlu").inputs["values"]
+    assert not is_secret(values) and plain_occurrences(values, "sha256:")
+
+
+def test_chart_renders_valid_manifests_with_the_stack_hpa(result):
+    """Bridge: the values the program hands to Helm, rendered by the real Helm engine."""
+    stack, res = result
+    manifests = rendered(res)
+    assert validate_manifests(manifests) == []
+    scaling = stack_yaml(stack)["autoscaling"]
+    hpa = find(manifests, "HorizontalPodAutoscaler")
+    assert hpa is not None
+    assert hpa["spec"]["minReplicas"] == scaling["minReplicas"]
+    assert hpa["spec"]["maxReplicas"] == scaling["maxReplicas"]
+    metrics = {metric["type"]: metric for metric in hpa["spec"]["metrics"]}
+    assert metrics.keys() == {"Resource", "Pods"}
+    assert metrics["Resource"]["resource"]["target"] == {
+        "type": "Utilization",
+        "averageUtilization": scaling["targetCPUUtilizationPercentage"],
+    }
+    pods = metrics["Pods"]["pods"]
+    assert pods["metric"]["name"] == PREDICT_RPS_METRIC
+    assert pods["target"] == {
+        "type": "AverageValue",
+        "averageValue": str(scaling["targetRequestsPerSecondPerPod"]),
+    }
+    deployment = find(manifests, "Deployment")
+    assert "replicas" not in deployment["spec"]  # the HPA owns the count
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == res.outputs["imageRef"]
+    service = find(manifests, "Service")
+    assert service["metadata"]["name"] == res.outputs["serviceName"]
+    assert service["metadata"]["namespace"] == res.outputs["namespace"]
+    port = stack_yaml(stack)["service"]["port"]
+    assert res.outputs["serviceUrl"] == (
+        f"http://{service['metadata']['name']}.{res.outputs['namespace']}.svc.cluster.local:{port}"
+    )
+    assert service["spec"]["ports"][0]["port"] == port
+    assert (find(manifests, "PodDisruptionBudget") is not None) is (stack == "prod")
+    assert res.outputs["autoscaling"] == {"enabled": True, **scaling}
+
+
+def _flatten(value: Any, path: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {
+            k: v for key, item in value.items() for k, v in _flatten(item, f"{path}.{key}").items()
+        }
+    if isinstance(value, list):
+        return {
+            k: v
+            for index, item in enumerate(value)
+            for k, v in _flatten(item, f"{path}[{index}]").items()
+        }
+    return {path: value}
+
+
+def _manifest_map(manifests: list[dict]) -> dict[str, Any]:
+    return {f"{m['kind']}/{m['metadata']['name']}": m for m in manifests}
+
+
+def test_editing_max_replicas_changes_only_that_field(tmp_path):
+    """A PR's `maxReplicas: 8 -> 12` in Pulumi.prod.yaml changes that field and nothing else."""
+    original = (REPO / "Pulumi.prod.yaml").read_text()
+    assert original.count("maxReplicas: 8\n") == 1
+    edited = tmp_path / "Pulumi.prod.yaml"
+    edited.write_text(original.replace("maxReplicas: 8\n", "maxReplicas: 12\n"))
+
+    before = run_program(deploy, "prod", **STACKS["prod"])
+    after = run_program(deploy, "prod", stack_file=edited, **STACKS["prod"])
+
+    old, new = _manifest_map(rendered(before)), _manifest_map(rendered(after))
+    assert old.keys() == new.keys()
+    changes = {}
+    for key in old:
+        flat_old, flat_new = _flatten(old[key]), _flatten(new[key])
+        for path in flat_old.keys() | flat_new.keys():
+            if flat_old.get(path) != flat_new.get(path):
+                changes[f"{key}{path}"] = (flat_old.get(path), flat_new.get(path))
+    assert changes == {"HorizontalPodAutoscaler/uninlu.spec.maxReplicas": (8, 12)}
+    # No rebuild: the image inputs (and so the digest) are the same.
+    assert before.run.one(IMAGE).inputs == after.run.one(IMAGE).inputs
+    assert after.outputs["autoscaling"]["maxReplicas"] == 12
+
+
+def test_local_model_directory_is_a_named_build_context(tmp_path, monkeypatch):
+    model_dir = tmp_path / "uninlu-model"
+    model_dir.mkdir()
+    res = run_program(
+        deploy,
+        "dev",
+        overrides={"model": {"source": "local", "path": str(model_dir)}},
+    )
+    image = res.run.one(IMAGE).plain_inputs
+    assert image["context"] == {"location": ".", "named": {"model": {"location": str(model_dir)}}}
+    assert image["buildArgs"] == {
+        "MODEL_SOURCE": "local",
+        "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu",
+    }
+
+
+def test_fixed_replicas_without_autoscaling():
+    res = run_program(deploy, "dev", overrides={"autoscaling": {"enabled": False}, "replicas": 1})
+    values = release_inputs(res)["values"]
+    assert values["replicaCount"] == 1 and values["autoscaling"]["enabled"] is False
+    manifests = rendered(res)
+    assert find(manifests, "HorizontalPodAutoscaler") is None
+    assert find(manifests, "Deployment")["spec"]["replicas"] == 1
+    assert res.outputs["autoscaling"] == {"enabled": False, "replicas": 1}
+
+
+def test_main_module_exports_the_outputs(monkeypatch):
+    """__main__.py, as the Pulumi CLI runs it, under mocks."""
+    exported: dict[str, Any] = {}
+    monkeypatch.setattr(pulumi, "export", lambda key, value: exported.setdefault(key, value))
+
+    @pulumi.runtime.test
+    def _run():
+        start("dev")
+        runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")
+        return pulumi.Output.all(**exported)
+
+    _run()
+    assert set(exported) == {
+        "namespace",
+        "serviceName",
+        "serviceUrl",
+        "imageRef",
+        "prometheusUrl",
+        "autoscaling",
+    }
