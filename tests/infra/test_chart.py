@@ -214,6 +214,12 @@ def test_graceful_termination_outlasts_prestop_and_drain(rendered):
     assert pod["terminationGracePeriodSeconds"] > sleep + int(settings["GRACEFUL_SHUTDOWN_SECONDS"])
 
 
+def test_grace_period_includes_the_server_drain_delay():
+    extra = {"server": {"extraEnv": {"DRAIN_DELAY_SECONDS": "12"}}}
+    grace = _pod(render_chart(extra))["terminationGracePeriodSeconds"]
+    assert grace == 5 + 12 + 30 + 10  # preStop sleep + drain delay + graceful shutdown + exit
+
+
 def test_hpa_metrics_and_behaviour(rendered):
     name, manifests = rendered
     hpa = find(manifests, "HorizontalPodAutoscaler")

@@ -65,9 +65,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- div (add $timeout $period -1) $period }}
 {{- end }}
 
-{{/* Grace period: explicit, or preStop sleep + server drain + 10 s for the process to exit. */}}
+{{/*
+What shutting down takes: preStop sleep + the server's DRAIN_DELAY_SECONDS (if set through
+server.extraEnv) + server.gracefulShutdownSeconds.
+*/}}
+{{- define "uninlu.shutdownSeconds" -}}
+{{- $drain := index (default (dict) .Values.server.extraEnv) "DRAIN_DELAY_SECONDS" | default 0 | float64 | ceil | int }}
+{{- add .Values.lifecycle.preStopSleepSeconds .Values.server.gracefulShutdownSeconds $drain }}
+{{- end }}
+
+{{/* Grace period: explicit, or the shutdown time + 10 s for the process to exit. */}}
 {{- define "uninlu.terminationGracePeriodSeconds" -}}
-{{- $needed := add .Values.lifecycle.preStopSleepSeconds .Values.server.gracefulShutdownSeconds }}
+{{- $needed := int (include "uninlu.shutdownSeconds" .) }}
 {{- if kindIs "invalid" .Values.lifecycle.terminationGracePeriodSeconds }}
 {{- add $needed 10 }}
 {{- else }}
@@ -134,9 +143,9 @@ says how to fix them.
 {{- end }}
 {{- end }}
 {{- if not (kindIs "invalid" .Values.lifecycle.terminationGracePeriodSeconds) }}
-{{- $needed := add .Values.lifecycle.preStopSleepSeconds .Values.server.gracefulShutdownSeconds }}
-{{- if le (int .Values.lifecycle.terminationGracePeriodSeconds) (int $needed) }}
-{{- fail (printf "lifecycle.terminationGracePeriodSeconds (%d) must be longer than lifecycle.preStopSleepSeconds + server.gracefulShutdownSeconds (%d), or the kubelet kills the server mid-drain; raise it or leave it null to derive it" (int .Values.lifecycle.terminationGracePeriodSeconds) (int $needed)) }}
+{{- $needed := int (include "uninlu.shutdownSeconds" .) }}
+{{- if le (int .Values.lifecycle.terminationGracePeriodSeconds) $needed }}
+{{- fail (printf "lifecycle.terminationGracePeriodSeconds (%d) must be longer than lifecycle.preStopSleepSeconds + server.gracefulShutdownSeconds (+ DRAIN_DELAY_SECONDS) (%d), or the kubelet kills the server mid-drain; raise it or leave it null to derive it" (int .Values.lifecycle.terminationGracePeriodSeconds) $needed) }}
 {{- end }}
 {{- end }}
 {{- if lt (int .Values.probes.modelLoadTimeoutSeconds) (int .Values.probes.startup.periodSeconds) }}
