@@ -282,8 +282,11 @@ def _describe(error: dict[str, Any]) -> str:
     loc = ".".join(str(part) for part in error["loc"])
     key = f"{NAMESPACE}:{loc}" if loc else f"{NAMESPACE}:<{error.get('ctx', {}).get('key', '?')}>"
     message = error["msg"].removeprefix("Value error, ")
-    if error["type"] not in ("missing", "extra_forbidden") and "input" in error:
-        message += f" (got {error['input']!r})"
+    if error.get("ctx", {}).get("pattern") == _QUANTITY:
+        message = "must be a Kubernetes quantity such as 500m, 2, 1536Mi or 3Gi"
+    value = error.get("input")
+    if error["type"] not in ("missing", "extra_forbidden") and not isinstance(value, dict | list):
+        message += f" (got {value!r})"
     if error["type"] == "extra_forbidden":
         message = "unknown key"
     return f"  {key}: {message}"

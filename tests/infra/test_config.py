@@ -1,0 +1,164 @@
+"""StackConfig validation: every class of invalid stack config stops the program before any
+resource is registered, with a message naming the key and the stack file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pytest
+import yaml
+from pulumi_harness import REPO, TEST_PASSWORD, prod_secrets, start
+
+from infra.config import ConfigError, Settings
+from infra.program import deploy
+
+
+def config_error(stack: str, **start_kwargs: Any) -> tuple[str, list]:
+    """The ConfigError message of running the program, and what it registered before failing."""
+    holder: dict[str, Any] = {}
+
+    @pulumi.runtime.test
+    def _run():
+        holder["run"] = start(stack, **start_kwargs)
+        return pulumi.Output.all(**deploy())
+
+    with pytest.raises(ConfigError) as info:
+        _run()
+    return str(info.value), holder["run"].resources
+
+
+def prod_value(key: str) -> Any:
+    return yaml.safe_load((REPO / "Pulumi.prod.yaml").read_text())["config"][f"uninlu:{key}"]
+
+
+def with_changes(key: str, **changes: Any) -> dict[str, Any]:
+    """The prod stack's object `key` with some fields changed (None removes a field)."""
+    value = dict(prod_value(key))
+    for field, new in changes.items():
+        if new is None:
+            value.pop(field, None)
+        else:
+            value[field] = new
+    return {key: value}
+
+
+CASES = {
+    "wrong type (nested)": (
+        {"overrides": with_changes("autoscaling", maxReplicas="eight")},
+        ["uninlu:autoscaling.maxReplicas", "valid integer", "'eight'"],
+    ),
+    "wrong type (top level)": (
+        {"overrides": {"replicas": "two"}},
+        ["uninlu:replicas", "valid integer"],
+    ),
+    "wrong type (object expected)": (
+        {"overrides": {"autoscaling": "on"}},
+        ["uninlu:autoscaling", "valid dictionary"],
+    ),
+    "min above max": (
+        {"overrides": with_changes("autoscaling", minReplicas=9)},
+        ["uninlu:autoscaling", "minReplicas (9) must not exceed maxReplicas (8)"],
+    ),
+    "out of range": (
+        {"overrides": with_changes("autoscaling", targetCPUUtilizationPercentage=150)},
+        ["uninlu:autoscaling.targetCPUUtilizationPercentage", "less than or equal to 100"],
+    ),
+    "unknown top-level key": (
+        {"overrides": {"replica": 3}},
+        ["uninlu:replica: unknown key"],
+    ),
+    "unknown nested key (typo)": (
+        {"overrides": with_changes("autoscaling", maxReplica=12)},
+        ["uninlu:autoscaling.maxReplica: unknown key"],
+    ),
+    "missing required key": (
+        {"remove": ("image",)},
+        ["uninlu:image: Field required"],
+    ),
+    "bad enum value": (
+        {"overrides": {"service": {"type": "Loadbalancer", "port": 80}}},
+        ["uninlu:service.type", "'ClusterIP', 'NodePort' or 'LoadBalancer'"],
+    ),
+    "bad quantity": (
+        {"overrides": {"resources": {"requests": {"cpu": "two cores"}}}},
+        ["uninlu:resources.requests.cpu", "'two cores'"],
+    ),
+    "pdb with one replica": (
+        {
+            "overrides": {
+                "autoscaling": {**prod_value("autoscaling"), "minReplicas": 1},
+            }
+        },
+        ["pdb.enabled needs at least 2 replicas"],
+    ),
+    "request-rate target without the adapter": (
+        {"overrides": with_changes("monitoring", installAdapter=False)},
+        ["targetRequestsPerSecondPerPod needs the Prometheus Adapter"],
+    ),
+    "adapter without a Prometheus": (
+        {"overrides": with_changes("monitoring", prometheusUrl=None)},
+        ["uninlu:monitoring", "needs a Prometheus: set prometheusUrl"],
+    ),
+    "local model without a directory": (
+        {"overrides": {"model": {"source": "local", "path": "no/such/dir"}}},
+        ["uninlu:model.path", "no/such/dir is not a directory"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_invalid_config_stops_before_any_resource(case):
+    start_kwargs, expected = CASES[case]
+    message, registered = config_error("prod", secrets=prod_secrets(), **start_kwargs)
+    assert message.startswith("invalid stack config in Pulumi.prod.yaml:\n"), message
+    for fragment in expected:
+        assert fragment in message, message
+    assert registered == []
+
+
+def test_missing_registry_secret_says_how_to_set_it():
+    message, registered = config_error("prod")  # no `pulumi config set --secret` done yet
+    assert "Pulumi.prod.yaml" in message
+    assert "uninlu:registryPassword: missing secret" in message
+    assert "pulumi config set --secret uninlu:registryPassword <token> --stack prod" in message
+    assert registered == []
+
+
+def test_plain_text_password_is_refused():
+    message, registered = config_error("prod", overrides={"registryPassword": TEST_PASSWORD})
+    assert "uninlu:registryPassword: must be a secret" in message
+    assert TEST_PASSWORD not in message
+    assert registered == []
+
+
+def test_every_problem_is_listed_at_once():
+    message, _ = config_error(
+        "dev",
+        overrides={"replica": 2, "service": {"type": "ClusterIP", "port": 0}},
+    )
+    assert "Pulumi.dev.yaml" in message
+    assert "uninlu:replica: unknown key" in message
+    assert "uninlu:service.port" in message
+
+
+def test_both_stack_files_are_valid_and_use_only_known_keys():
+    known = {field.alias or name for name, field in Settings.model_fields.items()}
+    for stack in ("dev", "prod"):
+        document = yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())
+        keys = {key.split(":", 1)[1] for key in document["config"] if key.startswith("uninlu:")}
+        assert keys <= known, keys - known
+        plain = {k.split(":", 1)[1]: v for k, v in document["config"].items() if "uninlu:" in k}
+        Settings.model_validate(plain)
+
+
+def test_stack_config_reference_documents_every_key():
+    reference = (REPO / "docs" / "stack-config.md").read_text()
+    for name, field in Settings.model_fields.items():
+        assert f"`{field.alias or name}`" in reference, name
+        annotation = field.annotation
+        nested = getattr(annotation, "model_fields", None) or {}
+        for sub_name, sub_field in nested.items():
+            key = f"`{field.alias or name}.{sub_field.alias or sub_name}`"
+            assert key in reference, key
+    assert "`registryPassword`" in reference
