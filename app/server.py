@@ -1,0 +1,548 @@
+"""The HTTP layer: create_app(settings) builds the FastAPI app, serve() runs it under uvicorn.
+
+Thin on purpose: requests are validated and turned into batcher jobs; app/batching.py runs the
+model; errors of every kind become `{"error": {"code", "message"}}` in one place
+(`_install_error_handlers`). Readiness is a flag: false while the model loads and warms up,
+true once it answers, false again from the moment a shutdown starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import __version__
+from app.batching import Batcher, Job, NotAccepting, Overloaded
+from app.errors import InputError, SchemaError
+from app.logging import ACCESS_LOGGER, configure_logging, request_id_var
+from app.metrics import Metrics
+from app.pipeline import parse_schema
+from app.schemas import (
+    BatchRequest,
+    BatchResponse,
+    ErrorResponse,
+    HealthResponse,
+    PredictRequest,
+    PredictResponse,
+    ReadyResponse,
+)
+from app.settings import Settings
+
+log = logging.getLogger("uninlu.server")
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+STATIC_DIR = Path(__file__).parent / "static"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# Warm-up: a nested schema covers both pipeline levels, output_all_prefix the inner chains.
+_WARMUP_FLAT = {"人物": None, "地点": None, "组织机构": None}
+_WARMUP_NESTED = {"人物": {"地点": None, "时间": None}}
+
+Loader = Callable[[Settings], tuple[Any, Any]]
+
+
+class ApiError(Exception):
+    """An HTTP answer other than 200: status, machine code, human message, optional headers."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+# The reason label of uninlu_rejected_total for each refusal code (bounded, see REJECT_REASONS).
+_REJECT_REASON = {
+    "overloaded": "queue_full",
+    "not_ready": "not_ready",
+    "shutting_down": "shutting_down",
+    "text_too_long": "text_too_long",
+    "body_too_large": "body_too_large",
+    "too_many_items": "too_many_items",
+    "invalid_request": "invalid_request",
+    "invalid_schema": "invalid_request",
+    "invalid_json": "invalid_request",
+}
+
+
+@dataclass
+class ServerState:
+    """What the routes need: settings, metrics, the batcher once loaded, and the two flags."""
+
+    settings: Settings
+    metrics: Metrics
+    batcher: Batcher | None = None
+    ready: bool = False
+    draining: bool = False
+    failed: BaseException | None = None
+
+    def begin_drain(self) -> None:
+        """Readiness 503 and no new predictions, at once (safe to call from a signal handler)."""
+        if not self.draining:
+            log.info("draining: /ready now answers 503 and new predictions are refused")
+        self.draining = True
+        self.ready = False
+        self.metrics.model_ready.set(0)
+        if self.batcher is not None:
+            self.batcher.stop_admitting()
+
+
+def default_loader(settings: Settings) -> tuple[Any, Any]:
+    from app.backend import load_backend  # torch is imported only when a model is loaded
+
+    return load_backend(
+        settings.model_path, settings.device, settings.torch_threads, kind=settings.backend
+    )
+
+
+def create_app(settings: Settings, loader: Loader = default_loader) -> FastAPI:
+    """A fresh app with its own metrics registry; the model loads in the background at start."""
+    state = ServerState(settings, Metrics())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("settings", extra={"settings": settings.describe()})
+        loading = asyncio.create_task(_load_and_warm_up(state, loader))
+        try:
+            yield
+        finally:
+            state.begin_drain()
+            loading.cancel()
+            if state.batcher is not None:
+                await state.batcher.close(timeout=settings.graceful_shutdown_seconds)
+            log.info("stopped")
+
+    app = FastAPI(
+        title="uninlu",
+        version=__version__,
+        summary="SiameseUniNLU: one model for NER, relations, events, sentiment, "
+        "classification and reading comprehension, driven by a schema.",
+        lifespan=lifespan,
+    )
+    app.state.uninlu = state
+    _install_error_handlers(app, state)
+    _add_routes(app, state)
+    app.add_middleware(BodyLimitMiddleware, state=state)
+    app.add_middleware(ObservabilityMiddleware, state=state, routes=app.router.routes)
+    return app
+
+
+async def _load_and_warm_up(state: ServerState, loader: Loader) -> None:
+    """Load off the event loop (so /health answers meanwhile), warm up, then turn ready."""
+    settings, metrics = state.settings, state.metrics
+    try:
+        started = time.perf_counter()
+        backend, tokenizer = await asyncio.to_thread(loader, settings)
+        load_seconds = time.perf_counter() - started
+        metrics.model_load_seconds.set(load_seconds)
+        batcher = Batcher(
+            backend,
+            tokenizer,
+            max_batch_tokens=settings.max_batch_tokens,
+            batch_wait_ms=settings.batch_wait_ms,
+            max_batch_requests=settings.max_batch_requests,
+            max_queue=settings.max_queue,
+            metrics=metrics,
+        )
+        batcher.start()
+        state.batcher = batcher
+        if state.draining:
+            batcher.stop_admitting()
+            return
+        started = time.perf_counter()
+        await batcher.predict_many(_warmup_jobs(settings))
+        warmup_seconds = time.perf_counter() - started
+        model = Path(settings.model_path).name or settings.model_path
+        metrics.build_info.labels(__version__, model, backend.name).set(1)
+        if state.draining:
+            return
+        state.ready = True
+        metrics.model_ready.set(1)
+        log.info(
+            "ready",
+            extra={
+                "model_load_seconds": round(load_seconds, 3),
+                "warmup_seconds": round(warmup_seconds, 3),
+                "backend": backend.name,
+            },
+        )
+    except asyncio.CancelledError:
+        raise
+    except BaseException as err:
+        state.failed = err
+        log.exception("model load or warm-up failed: %s", err)
+
+
+def _warmup_jobs(settings: Settings) -> list[Job]:
+    """Every code path once: flat and nested schemas, inner chains, a text long enough for several
+    windows, and several requests sharing a batch."""
+    text = settings.warmup_text[: settings.max_text_chars]
+    # Two windows of 384 tokens; a flat schema, because a random test checkpoint finds spans
+    # everywhere and a nested level over hundreds of them would make the warm-up slow.
+    long_text = (text * math.ceil(500 / max(len(text), 1)))[: settings.max_text_chars]
+    return [
+        Job(text, _WARMUP_FLAT),
+        Job(text, _WARMUP_NESTED, output_all_prefix=True),
+        Job(long_text, _WARMUP_FLAT),
+        Job(text[: max(1, len(text) // 2)], _WARMUP_NESTED),
+    ]
+
+
+# ------------------------------------------------------------------------------------ routes
+
+_ERRORS = {
+    413: {"model": ErrorResponse, "description": "Text, body or batch too large"},
+    422: {"model": ErrorResponse, "description": "Invalid body or schema"},
+    429: {"model": ErrorResponse, "description": "Overloaded; retry after `Retry-After` s"},
+    503: {"model": ErrorResponse, "description": "Not ready yet, or shutting down"},
+}
+
+
+def _add_routes(app: FastAPI, state: ServerState) -> None:
+    settings = state.settings
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/health", response_model=HealthResponse, summary="Liveness")
+    async def health() -> HealthResponse:
+        """200 while the process serves, loaded or not."""
+        return HealthResponse()
+
+    @app.get(
+        "/ready",
+        response_model=ReadyResponse,
+        summary="Readiness",
+        responses={503: {"model": ErrorResponse, "description": "Loading or shutting down"}},
+    )
+    async def ready() -> Any:
+        """200 once the model is loaded and warmed up; 503 before that and while draining."""
+        if state.ready:
+            return ReadyResponse()
+        code, message = _not_ready(state)
+        return _error_response(503, code, message)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/predict", response_model=PredictResponse, responses=_ERRORS, summary="Extract")
+    async def predict(body: PredictRequest, request: Request) -> PredictResponse:
+        """Extract what the schema asks for from one text."""
+        job = _to_job(body, settings, where="")
+        request.state.text_chars = len(job.text)
+        request.state.schema_nodes = _count_nodes(job.schema)
+        if settings.log_request_text:
+            request.state.text = job.text
+        (output,) = await _run(state, [job])
+        return PredictResponse(output=output)
+
+    @app.post(
+        "/predict/batch", response_model=BatchResponse, responses=_ERRORS, summary="Extract many"
+    )
+    async def predict_batch(body: BatchRequest, request: Request) -> BatchResponse:
+        """Several texts (each with its own schema) in one call; results in item order."""
+        if len(body.items) > settings.max_batch_items:
+            raise ApiError(
+                413,
+                "too_many_items",
+                f"batch has {len(body.items)} items; the limit is {settings.max_batch_items}",
+            )
+        jobs = [_to_job(item, settings, where=f"items[{i}]: ") for i, item in enumerate(body.items)]
+        request.state.text_chars = sum(len(j.text) for j in jobs)
+        request.state.schema_nodes = sum(_count_nodes(j.schema) for j in jobs)
+        request.state.items = len(jobs)
+        outputs = await _run(state, jobs)
+        return BatchResponse(results=[PredictResponse(output=o) for o in outputs])
+
+
+def _to_job(body: PredictRequest, settings: Settings, where: str) -> Job:
+    if len(body.text) > settings.max_text_chars:
+        raise ApiError(
+            413,
+            "text_too_long",
+            f"{where}text has {len(body.text)} characters; the limit is {settings.max_text_chars}",
+        )
+    try:
+        schema = parse_schema(body.schema_, settings.max_schema_depth, settings.max_schema_nodes)
+    except SchemaError as err:
+        raise ApiError(422, "invalid_schema", f"{where}{err}") from None
+    return Job(body.text, schema, body.output_all_prefix)
+
+
+def _count_nodes(schema: dict | None) -> int:
+    return sum(1 + _count_nodes(v) for v in schema.values()) if schema else 0
+
+
+def _not_ready(state: ServerState) -> tuple[str, str]:
+    if state.draining:
+        return "shutting_down", "the server is shutting down"
+    if state.failed is not None:
+        return "not_ready", "the model failed to load; see the server log"
+    return "not_ready", "the model is still loading"
+
+
+async def _run(state: ServerState, jobs: list[Job]) -> list[list]:
+    if not state.ready or state.batcher is None:
+        raise ApiError(503, *_not_ready(state))
+    try:
+        return await state.batcher.predict_many(jobs)
+    except Overloaded as err:
+        raise ApiError(
+            429, "overloaded", str(err), headers={"Retry-After": str(err.retry_after)}
+        ) from None
+    except NotAccepting:
+        raise ApiError(503, "shutting_down", "the server is shutting down") from None
+    except (SchemaError, InputError) as err:
+        raise ApiError(422, "invalid_request", str(err)) from None
+
+
+# ------------------------------------------------------------------------------------ errors
+
+
+def _error_response(status: int, code: str, message: str, headers: dict | None = None):
+    body = ErrorResponse(error={"code": code, "message": message}).model_dump()
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI, state: ServerState) -> None:
+    """The one place where failures become status codes."""
+
+    def reject(status: int, code: str, message: str, headers: dict | None = None):
+        reason = _REJECT_REASON.get(code)
+        if reason:
+            state.metrics.rejected.labels(reason).inc()
+        return _error_response(status, code, message, headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError) -> JSONResponse:
+        return reject(err.status, err.code, err.message, err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, err: RequestValidationError) -> JSONResponse:
+        problems = [_describe_validation(e) for e in err.errors()[:5]]
+        json_broken = any(e.get("type") == "json_invalid" for e in err.errors())
+        code = "invalid_json" if json_broken else "invalid_request"
+        return reject(422, code, "; ".join(problems) or "invalid request body")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        if err.status_code == 413:
+            limit = state.settings.max_body_bytes
+            return reject(413, "body_too_large", f"request body is larger than {limit} bytes")
+        if err.status_code == 400:  # the body could not be parsed at all (e.g. nested too deep)
+            return reject(422, "invalid_json", "request body is not valid JSON")
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        return _error_response(err.status_code, code, str(err.detail), err.headers)
+
+    @app.exception_handler(Exception)
+    async def server_fault(request: Request, err: Exception) -> JSONResponse:
+        log.error("unhandled error: %r", err, exc_info=err)
+        return _error_response(500, "internal_error", "internal server error")
+
+
+def _describe_validation(error: dict) -> str:
+    loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+    where = ".".join(loc)
+    if error.get("type") == "json_invalid":
+        return f"body is not valid JSON: {error.get('ctx', {}).get('error', 'decode error')}"
+    if error.get("type") == "missing":
+        return f"{where} is required"
+    if error.get("type") == "extra_forbidden":
+        return f"unknown field {where}"
+    msg = error.get("msg", "is invalid")
+    return f"{where}: {msg}" if where else msg
+
+
+# ------------------------------------------------------------------------------------ middleware
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from `receive` when the streamed body passes the limit; FastAPI re-raises HTTP
+    exceptions met while reading the body, so it reaches the JSON error handler."""
+
+    def __init__(self) -> None:
+        super().__init__(413, "request body too large")
+
+
+class BodyLimitMiddleware:
+    """Pure ASGI: refuse bodies over MAX_BODY_BYTES, by Content-Length before reading anything,
+    and by counting the bytes of bodies streamed without (or with a lying) Content-Length.
+    (FastAPI's own max_body_size answers in plain text, bypassing our error format.)"""
+
+    def __init__(self, app: ASGIApp, state: ServerState):
+        self.app = app
+        self.state = state
+        self.limit = state.settings.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            self.state.metrics.rejected.labels("body_too_large").inc()
+            message = f"request body is larger than {self.limit} bytes"
+            await _error_response(413, "body_too_large", message)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge()
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class ObservabilityMiddleware:
+    """Pure ASGI: request id, in-flight gauge, request counter and duration by route template,
+    and the access log line; once per HTTP request, whatever the outcome."""
+
+    def __init__(self, app: ASGIApp, state: ServerState, routes: list):
+        self.app = app
+        self.state = state
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics = self.state.metrics
+        started = time.perf_counter()
+        rid = _request_id(scope)
+        token = request_id_var.set(rid)
+        status = 500
+        metrics.inflight.inc()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            metrics.inflight.dec()
+            elapsed = time.perf_counter() - started
+            route = self._template(scope)
+            metrics.requests_total.labels(route, scope["method"], str(status)).inc()
+            metrics.request_duration.labels(route).observe(elapsed)
+            info = scope.get("state", {})
+            extra = {
+                "request_id": rid,
+                "method": scope["method"],
+                "route": route,
+                "path": scope.get("path", ""),
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+            }
+            for key in ("text_chars", "schema_nodes", "items", "text"):
+                if key in info:
+                    extra[key] = info[key]
+            access_log.info("request", extra=extra)
+            request_id_var.reset(token)
+
+    def _template(self, scope: Scope) -> str:
+        """The matched route's path template (bounded label values), also for requests refused
+        before routing; anything else is `unmatched`."""
+        route = scope.get("route")
+        if route is None:
+            for candidate in self.routes:
+                match, _ = candidate.matches(scope)
+                if match is Match.FULL:
+                    route = candidate
+                    break
+        return getattr(route, "path", None) or "unmatched"
+
+
+def _request_id(scope: Scope) -> str:
+    candidate = _header(scope, b"x-request-id")
+    if candidate is not None and _REQUEST_ID.match(candidate):
+        return candidate
+    return uuid.uuid4().hex
+
+
+# ------------------------------------------------------------------------------------ serving
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn.Server that flips readiness at the first SIGTERM/SIGINT, optionally keeps serving
+    for the drain delay (so load balancers see /ready fail), and exits if the model failed."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState):
+        super().__init__(config)
+        self.state = state
+        self.exit_after: float | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.exit_after is None:
+            self.state.begin_drain()
+            self.exit_after = time.monotonic() + self.state.settings.drain_delay_seconds
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.state.failed is not None:
+            return True
+        should_exit = await super().on_tick(counter)
+        if should_exit and self.exit_after is not None and not self.force_exit:
+            return time.monotonic() >= self.exit_after
+        return should_exit
+
+
+def serve(settings: Settings | None = None) -> int:
+    """`python -m app`: settings from the environment, JSON logs, uvicorn on settings.port."""
+    settings = settings or Settings.from_env()
+    configure_logging(settings)
+    if not settings.model_path:
+        log.error("MODEL_PATH is not set: point it at a checkpoint directory")
+        return 2
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,  # ObservabilityMiddleware writes the access line
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+        lifespan="on",
+        proxy_headers=False,
+    )
+    server = _DrainingServer(config, app.state.uninlu)
+    server.run()
+    if app.state.uninlu.failed is not None:
+        return 1
+    return 0
