@@ -37,10 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "predict":
         return _predict(args)
-    from app.server import serve
+    from app.server import serve  # settings come from the environment (app/settings.py)
 
-    serve()
-    return 0
+    return serve()
 
 
 if __name__ == "__main__":
