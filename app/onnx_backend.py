@@ -1,0 +1,157 @@
+"""The network in ONNX Runtime, behind the same Backend interface as app/backend.py's TorchBackend.
+
+Why: on CPU, ONNX Runtime with int8 weights serves several times more requests per core than fp32
+torch, and it lets the CPU image drop torch (about 750 MB) from its runtime stage. This module
+must therefore never import torch: it needs numpy, onnxruntime and the tokenizer only.
+
+The graphs come from app/export_onnx.py (encoder.onnx, cross.onnx and their .int8.onnx versions),
+by default in the `onnx/` folder of the checkpoint directory. Text states are (length, hidden)
+float32 numpy arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from app.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from app.pipeline import PromptRow
+
+log = logging.getLogger(__name__)
+
+# File names are shared with the exporter (kept here so that this module has no torch import).
+ENCODER_FILE = "encoder.onnx"
+CROSS_FILE = "cross.onnx"
+INT8_SUFFIX = ".int8.onnx"
+ONNX_DIR = "onnx"
+VOCAB_FILE = "vocab.txt"
+
+
+def int8_name(name: str) -> str:
+    return name.removesuffix(".onnx") + INT8_SUFFIX
+
+
+def graph_paths(onnx_dir: Path, int8: bool) -> tuple[Path, Path]:
+    """(encoder, cross) graph files in `onnx_dir`."""
+    names = (ENCODER_FILE, CROSS_FILE)
+    if int8:
+        names = tuple(int8_name(n) for n in names)
+    return onnx_dir / names[0], onnx_dir / names[1]
+
+
+def _pad(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B, T) int64 ids padded with 0, the (B, T) int64 mask of real tokens, and the lengths."""
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    ids = np.zeros((len(seqs), int(lengths.max())), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+    mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+    return ids, mask, lengths
+
+
+class OnnxBackend:
+    """Two ONNX Runtime sessions: the first half (text windows and prompts) and the cross half."""
+
+    def __init__(self, encoder_path: Path, cross_path: Path, name: str, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(encoder_path), options, providers=providers)
+        self.cross_session = ort.InferenceSession(str(cross_path), options, providers=providers)
+        self.name = name
+        self.threads = options.intra_op_num_threads
+
+    def _encode(self, ids: np.ndarray, mask: np.ndarray, token_type: int, positions: np.ndarray):
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "token_type_ids": np.full_like(ids, token_type),
+            "position_ids": positions,
+        }
+        return self.encoder.run(["states"], feeds)[0]
+
+    def encode(self, windows: list[list[int]]) -> list[object]:
+        if not windows:
+            return []
+        ids, mask, lengths = _pad(windows)
+        positions = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
+        states = self._encode(ids, mask, 0, positions)
+        return [states[i, :n].copy() for i, n in enumerate(lengths)]
+
+    def score(self, rows: list[PromptRow]) -> list[tuple[np.ndarray, np.ndarray]]:
+        if not rows:
+            return []
+        ids, mask, prompt_lens = _pad([r.prompt_ids for r in rows])
+        offsets = np.array([r.position_offset for r in rows], dtype=np.int64)
+        positions = offsets[:, None] + np.arange(ids.shape[1], dtype=np.int64)[None, :]
+        positions = np.where(mask.astype(bool), positions, 0)  # padding: any valid index
+        prompts = self._encode(ids, mask, 1, positions)
+        # [text ; prompt] packed without a gap, as the torch backend does.
+        text_lens = [int(r.text_state.shape[0]) for r in rows]
+        totals = np.array([t + p for t, p in zip(text_lens, prompt_lens, strict=True)])
+        hidden = prompts.shape[2]
+        packed = np.zeros((len(rows), int(totals.max()), hidden), dtype=np.float32)
+        for i, row in enumerate(rows):
+            t = text_lens[i]
+            packed[i, :t] = row.text_state
+            packed[i, t : totals[i]] = prompts[i, : prompt_lens[i]]
+        cross_mask = (np.arange(packed.shape[1])[None, :] < totals[:, None]).astype(np.int64)
+        head, tail = self.cross_session.run(
+            ["head", "tail"], {"states": packed, "attention_mask": cross_mask}
+        )
+        return [
+            (head[i, :n].astype(np.float32), tail[i, :n].astype(np.float32))
+            for i, n in enumerate(text_lens)
+        ]
+
+
+def load_tokenizer(model_dir: Path):
+    """The same fast tokenizer as app.model.load_tokenizer, without importing torch."""
+    from transformers import AutoTokenizer
+
+    if not (model_dir / VOCAB_FILE).is_file():
+        raise CheckpointError(f"missing file {VOCAB_FILE} in model directory {model_dir}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(model_dir), use_fast=True, local_files_only=True
+        )
+    except Exception as err:  # a broken vocab or config is a checkpoint problem
+        raise CheckpointError(f"{model_dir}: cannot load the tokenizer: {err}") from err
+    if not tokenizer.is_fast:
+        raise CheckpointError(f"{model_dir}: expected a fast tokenizer (offsets are needed)")
+    return tokenizer
+
+
+def load_onnx_backend(
+    model_path: str | Path,
+    threads: int | None = None,
+    int8: bool = False,
+    onnx_dir: str | Path | None = None,
+):
+    """(OnnxBackend, tokenizer) for a checkpoint directory whose `onnx/` folder (or `onnx_dir`)
+    holds the exported graphs. A missing graph is a CheckpointError that says how to make it."""
+    model_path = Path(model_path)
+    folder = Path(onnx_dir) if onnx_dir else model_path / ONNX_DIR
+    encoder_path, cross_path = graph_paths(folder, int8)
+    for path in (encoder_path, cross_path):
+        if not path.is_file():
+            raise CheckpointError(
+                f"missing ONNX graph {path}: run `python -m app.export_onnx --model-path "
+                f"{model_path} --out {folder}{' --int8' if int8 else ''}`"
+            )
+    name = "onnx-int8" if int8 else "onnx-fp32"
+    backend = OnnxBackend(encoder_path, cross_path, name=name, threads=threads)
+    tokenizer = load_tokenizer(model_path)
+    log.info("loaded %s from %s (threads=%s)", name, folder, backend.threads)
+    return backend, tokenizer

@@ -1,0 +1,1 @@
+"""Benchmarks of the uninlu model server (not tests): `make bench` = `python -m bench`."""

@@ -1,0 +1,236 @@
+"""`make bench`: the model server under open-loop load, baseline against our configurations.
+
+For each configuration a real server (`python -m app`) is started on a full-size random
+checkpoint; Poisson load with the single-level request mix of examples.json runs at rising rates
+until p95 latency breaks the SLO. Writes bench/out/results.json, report.md and
+latency_vs_throughput.png, and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bench import agreement, flops, loadgen, mix, report, stats
+from bench.server import ServerProcess
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO / ".models" / "base"
+DEFAULT_OUT = REPO / "bench" / "out"
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    description: str
+    env: dict[str, str]
+    rates: list[float]
+    onnx: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def configurations(threads: int) -> list[Config]:
+    """Baseline first (it is the agreement reference), then ours, cheapest to fastest."""
+    common = {"TORCH_THREADS": str(threads)}
+    ladder = [3, 6, 9, 12, 15, 18, 21, 24, 30]
+    return [
+        Config(
+            "baseline",
+            "torch fp32, one request per model call (no cross-request batching), like the seed",
+            {**common, "BACKEND": "torch", "MAX_BATCH_REQUESTS": "1"},
+            [1, 2, 3, 4, 6],
+        ),
+        Config(
+            "torch", "torch fp32, cross-request batching", {**common, "BACKEND": "torch"}, ladder
+        ),
+        Config(
+            "torch-int8",
+            "torch dynamic int8 linears, batching",
+            {**common, "BACKEND": "torch-int8"},
+            ladder,
+        ),
+        Config("onnx", "ONNX Runtime fp32, batching", {**common, "BACKEND": "onnx"}, ladder, True),
+        Config(
+            "onnx-int8",
+            "ONNX Runtime dynamic int8, batching",
+            {**common, "BACKEND": "onnx-int8"},
+            ladder,
+            True,
+        ),
+    ]
+
+
+def machine_info(threads: int) -> dict:
+    flags = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        text = cpuinfo.read_text()
+        model = next(
+            (ln.split(":", 1)[1].strip() for ln in text.splitlines() if "model name" in ln), ""
+        )
+        flags = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    else:
+        model = platform.processor()
+    peak = flops.measure_matmul_peak(threads)
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "avx2": " avx2" in flags,
+        "avx512": " avx512f" in flags,
+        "python": platform.python_version(),
+        "matmul_peak_gflops": peak["gflops"],
+        "matmul_peak_size": peak["size"],
+        "matmul_peak_threads": threads,
+    }
+
+
+def ensure_model(model: Path, need_onnx: bool) -> dict:
+    """Make the full-size random checkpoint and its ONNX graphs when missing (timed)."""
+    made = {}
+    if not (model / "config.json").is_file():
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "app.random_checkpoint", "--size", "base", "--out", str(model)],
+            check=True,
+            cwd=REPO,
+        )
+        made["checkpoint_s"] = time.perf_counter() - start
+    if need_onnx and not (model / "onnx" / "cross.int8.onnx").is_file():
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "app.export_onnx", "--model-path", str(model), "--int8"],
+            check=True,
+            cwd=REPO,
+        )
+        made["onnx_export_s"] = time.perf_counter() - start
+    return made
+
+
+def probe_outputs(base_url: str, examples: list[dict]) -> dict[str, list]:
+    """Every example once (this is also the warm-up of a configuration)."""
+    outputs = {}
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        for e in examples:
+            response = client.post("/predict", json={"text": e["text"], "schema": e["schema"]})
+            if response.status_code == 200:
+                outputs[e["task"]] = response.json()["output"]
+    return outputs
+
+
+def run_config(config: Config, args, bodies, body_flops, examples, peak, log_dir) -> dict:
+    env = {"MODEL_PATH": str(args.model), "LOG_LEVEL": "WARNING", **config.env}
+    print(f"\n== {config.name}: {config.description}", flush=True)
+    with ServerProcess(env, log_dir / f"{config.name}.log") as server:
+        print(f"   ready after {server.ready_s:.1f} s", flush=True)
+        outputs = probe_outputs(server.base_url, examples)
+        steps = []
+        for rate in config.rates:
+            if args.max_rate and rate > args.max_rate:
+                break
+            before = server.batch_counts()
+            samples = loadgen.run_open_loop(
+                server.base_url, bodies, rate, args.step_seconds, seed=int(rate * 1000)
+            )
+            after = server.batch_counts()
+            step = stats.summarise(samples, rate, args.step_seconds)
+            calls = after[1] - before[1]
+            step["model_calls"] = calls
+            step["mean_batch_size"] = (after[0] - before[0]) / calls if calls else None
+            done = sum(body_flops[s.body_index] for s in samples if s.status == 200)
+            step["model_gflops"] = done / args.step_seconds / 1e9
+            step["flop_utilisation_pct"] = 100 * step["model_gflops"] / peak
+            steps.append(step)
+            print(
+                f"   {rate:>5g} r/s offered: {step['throughput_rps']:.2f} r/s, p50 "
+                f"{step['p50_s']:.3f} s, p95 {step['p95_s']:.3f} s, errors {step['errors']}, "
+                f"batch {step['mean_batch_size'] or 0:.1f}",
+                flush=True,
+            )
+            if not stats.meets_slo(step, args.slo) and rate >= args.common_rate:
+                break
+        rss = server.peak_rss()
+    return {
+        "name": config.name,
+        "description": config.description,
+        "env": config.env,
+        "ready_s": server.ready_s,
+        "peak_rss_bytes": rss,
+        "steps": steps,
+        "max_under_slo": stats.max_rate_under_slo(steps, args.slo),
+        "outputs": outputs,
+    }
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="full-size checkpoint dir")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--examples", default=None, help="examples.json (default: ../shared)")
+    p.add_argument("--configs", default="", help="comma-separated subset of configuration names")
+    p.add_argument("--step-seconds", type=float, default=20.0, help="duration of each rate")
+    p.add_argument("--slo", type=float, default=1.0, help="p95 latency bound in seconds")
+    p.add_argument("--common-rate", type=float, default=3.0, help="rate every config runs")
+    p.add_argument("--max-rate", type=float, default=0.0, help="skip rates above this (0: none)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configs = configurations(args.threads)
+    if args.configs:
+        wanted = args.configs.split(",")
+        unknown = set(wanted) - {c.name for c in configs}
+        if unknown:
+            sys.exit(f"unknown configuration(s): {', '.join(sorted(unknown))}")
+        configs = [c for c in configs if c.name in wanted]
+    started = time.perf_counter()
+    examples = mix.load_examples(mix.find_examples(args.examples))
+    bodies = mix.single_level_mix(examples)
+    made = ensure_model(args.model, any(c.onnx for c in configs))
+    print("measuring the fp32 matmul peak ...", flush=True)
+    machine = machine_info(args.threads)
+    print(f"   {machine['matmul_peak_gflops']:.0f} GFLOP/s", flush=True)
+    body_flops = flops.count_request_flops(str(args.model), bodies)
+    results = {
+        "model": str(args.model),
+        "machine": machine,
+        "prepared": made,
+        "slo_p95_s": args.slo,
+        "common_rate": args.common_rate,
+        "step_seconds": args.step_seconds,
+        "mix_size": len(bodies),
+        "flops_per_request_gflop": sum(body_flops) / len(body_flops) / 1e9,
+        "flops_per_body_gflop": [f / 1e9 for f in body_flops],
+        "configs": [],
+    }
+    log_dir = args.out / "logs"
+    reference = None
+    for config in configs:
+        result = run_config(
+            config, args, bodies, body_flops, examples, machine["matmul_peak_gflops"], log_dir
+        )
+        if reference is None:
+            reference = result["outputs"]
+            result["agreement"] = {"summary": "reference"}
+        else:
+            result["agreement"] = agreement.compare(reference, result["outputs"])
+        results["configs"].append(result)
+        report.write_all(results, args.out)  # partial results survive an interrupted run
+    results["total_s"] = time.perf_counter() - started
+    paths = report.write_all(results, args.out)
+    print("\n" + report.markdown(results))
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

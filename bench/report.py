@@ -1,0 +1,129 @@
+"""The benchmark's outputs: a Markdown table, a JSON file and a latency-vs-throughput plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+def _num(value: float | None, fmt: str = ".1f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def steps_table(results: dict) -> str:
+    """One row per (configuration, offered rate)."""
+    lines = [
+        "| config | offered r/s | throughput r/s | p50 ms | p95 ms | p99 ms | errors | "
+        "mean batch | model GFLOP/s | % of matmul peak |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for config in results["configs"]:
+        for step in config["steps"]:
+            errors = str(step["errors"])
+            if step["errors_by_kind"]:
+                errors += (
+                    " (" + ", ".join(f"{k}: {v}" for k, v in step["errors_by_kind"].items()) + ")"
+                )
+            lines.append(
+                f"| {config['name']} | {step['offered_rps']:g} | {step['throughput_rps']:.2f} | "
+                f"{_ms(step['p50_s'])} | {_ms(step['p95_s'])} | {_ms(step['p99_s'])} | {errors} | "
+                f"{_num(step.get('mean_batch_size'))} | {_num(step.get('model_gflops'))} | "
+                f"{_num(step.get('flop_utilisation_pct'))} |"
+            )
+    return "\n".join(lines)
+
+
+def summary_table(results: dict) -> str:
+    """One row per configuration: the figures a capacity plan needs."""
+    common = results.get("common_rate")
+    lines = [
+        f"| config | max r/s with p95 <= {results['slo_p95_s']:g} s and no error | "
+        f"p95 ms at {_num(common, 'g')} r/s | start-up to ready s | peak RSS MiB | "
+        "best % of matmul peak | output agreement vs torch fp32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for config in results["configs"]:
+        best = config.get("max_under_slo")
+        at_common = next((s for s in config["steps"] if s["offered_rps"] == common), None)
+        agreement = config.get("agreement") or {}
+        utilisation = [s.get("flop_utilisation_pct") or 0.0 for s in config["steps"]]
+        lines.append(
+            f"| {config['name']} | {_num(best['throughput_rps'], '.2f') if best else 'none'} | "
+            f"{_ms(at_common['p95_s']) if at_common else '-'} | {_num(config.get('ready_s'))} | "
+            f"{_num(config.get('peak_rss_bytes', 0) / 2**20, '.0f')} | "
+            f"{_num(max(utilisation, default=None))}"
+            f" | {agreement.get('summary', '-')} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    machine = results["machine"]
+    head = [
+        "# uninlu benchmark",
+        "",
+        f"Checkpoint: {results['model']} ; mix: {results['mix_size']} single-level examples, "
+        f"{results['flops_per_request_gflop']:.1f} GFLOP per request on average ; "
+        f"{results['step_seconds']:g} s per offered rate (Poisson arrivals).",
+        f"Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), "
+        f"fp32 matmul peak {machine['matmul_peak_gflops']:.0f} GFLOP/s "
+        f"({machine['matmul_peak_threads']} threads).",
+        "",
+        "## Summary",
+        "",
+        summary_table(results),
+        "",
+        "## Every step",
+        "",
+        steps_table(results),
+        "",
+    ]
+    return "\n".join(head)
+
+
+def plot(results: dict, path: Path) -> None:
+    """p50 (dashed) and p95 (solid) latency against achieved throughput, one colour per config."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for config in results["configs"]:
+        steps = [s for s in config["steps"] if s["p95_s"] is not None]
+        if not steps:
+            continue
+        x = [s["throughput_rps"] for s in steps]
+        (line,) = ax.plot(x, [s["p95_s"] for s in steps], marker="o", label=f"{config['name']} p95")
+        ax.plot(
+            x, [s["p50_s"] for s in steps], ls="--", marker=".", color=line.get_color(), alpha=0.6
+        )
+    ax.axhline(
+        results["slo_p95_s"], color="grey", ls=":", label=f"SLO p95 {results['slo_p95_s']:g} s"
+    )
+    ax.set_yscale("log")
+    ax.set_xlabel("throughput (successful requests/s)")
+    ax.set_ylabel("latency (s); solid p95, dashed p50")
+    ax.set_title("uninlu: latency against throughput (single-level mix)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_all(results: dict, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out_dir / "results.json",
+        "table": out_dir / "report.md",
+        "plot": out_dir / "latency_vs_throughput.png",
+    }
+    paths["json"].write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    paths["table"].write_text(markdown(results), encoding="utf-8")
+    plot(results, paths["plot"])
+    return paths
