@@ -529,3 +529,20 @@ def test_impossible_combinations_fail_at_render_time(values, message):
 def test_a_satisfiable_min_available_pdb_renders():
     pdb = find(render_chart({"pdb": {"minAvailable": 1}}), "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1 and "maxUnavailable" not in pdb["spec"]
+
+
+def test_optional_kinds_can_be_turned_off():
+    manifests = render_chart(
+        {
+            "networkPolicy": {"enabled": False},
+            "pdb": {"enabled": False},
+            "serviceAccount": {"create": False},
+            "metrics": {"scrapeAnnotations": False},
+        }
+    )
+    kinds = {m["kind"] for m in manifests}
+    assert kinds == {"ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Service"}
+    assert _pod(manifests)["serviceAccountName"] == "default"
+    annotations = find(manifests, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert set(annotations) == {"checksum/config"}
+    assert validate_manifests(manifests) == []
