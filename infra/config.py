@@ -47,7 +47,7 @@ class ModelSource(_Model):
 
     source: Literal["modelscope", "local"] = "modelscope"
     id: str = Field(DEFAULT_MODEL_ID, min_length=1)
-    revision: str = Field("master", min_length=1)
+    revision: str = Field("v1.0", min_length=1)
     path: str | None = None
 
     @model_validator(mode="after")

@@ -22,8 +22,12 @@ CACHE_TAG = "buildcache"
 
 
 def build_args(image: ImageSettings, model: ModelSource) -> dict[str, str]:
-    """The Dockerfile's ARGs: where the checkpoint comes from and which torch wheel index to use."""
-    args = {"MODEL_SOURCE": model.source, "TORCH_INDEX_URL": image.torch_index_url}
+    """The Dockerfile's ARGs: which checkpoint to download and which torch wheel index to use.
+
+    A local checkpoint needs no ModelScope args: the `model` named context replaces the stage
+    that downloads it.
+    """
+    args = {"TORCH_INDEX_URL": image.torch_index_url}
     if model.source == "modelscope":
         args |= {"MODELSCOPE_MODEL_ID": model.id, "MODELSCOPE_REVISION": model.revision}
     return args

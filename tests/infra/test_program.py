@@ -84,7 +84,6 @@ def test_image_build_args_and_push_settings(result):
     assert image["context"] == {"location": "."}
     assert image["dockerfile"] == {"location": "docker/Dockerfile"}
     assert image["buildArgs"] == {
-        "MODEL_SOURCE": "modelscope",
         "MODELSCOPE_MODEL_ID": config["model"]["id"],
         "MODELSCOPE_REVISION": config["model"]["revision"],
         "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu",
@@ -298,10 +297,7 @@ def test_local_model_directory_is_a_named_build_context(tmp_path, monkeypatch):
     )
     image = res.run.one(IMAGE).plain_inputs
     assert image["context"] == {"location": ".", "named": {"model": {"location": str(model_dir)}}}
-    assert image["buildArgs"] == {
-        "MODEL_SOURCE": "local",
-        "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu",
-    }
+    assert image["buildArgs"] == {"TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu"}
 
 
 def test_fixed_replicas_without_autoscaling():
