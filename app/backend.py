@@ -110,15 +110,31 @@ def load_backend(
     threads: int | None = None,
     kind: str = "torch",
 ) -> tuple[Backend, PreTrainedTokenizerBase]:
-    """Load the checkpoint directory strictly; half precision on CUDA, float32 on CPU."""
-    if kind != "torch":
-        raise ValueError(f"unknown backend kind {kind!r}, expected 'torch'")
+    """Load the checkpoint directory strictly; half precision on CUDA, float32 on CPU.
+    Kinds: torch, torch-int8 (CPU, dynamic int8 linears), onnx, onnx-int8 (ONNX Runtime graphs
+    from app/export_onnx.py)."""
+    if kind in ("onnx", "onnx-int8"):
+        from app.onnx_backend import load_onnx_backend
+
+        return load_onnx_backend(model_path, threads=threads, int8=kind == "onnx-int8")
+    if kind not in ("torch", "torch-int8"):
+        raise ValueError(
+            f"unknown backend kind {kind!r}, expected torch, torch-int8, onnx or onnx-int8"
+        )
     if threads:
         torch.set_num_threads(int(threads))
-    dev = resolve_device(device)
+    dev = resolve_device("cpu" if kind == "torch-int8" and device == "auto" else device)
+    if kind == "torch-int8" and dev.type != "cpu":
+        raise ValueError("backend torch-int8 runs on CPU only (use torch on CUDA)")
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     model = load_model(model_path, device=dev, dtype=dtype)
     tokenizer = load_tokenizer(model_path)
+    if kind == "torch-int8":
+        from app.quantize import quantize_dynamic_int8
+
+        model = quantize_dynamic_int8(model)
     backend = TorchBackend(model, dev, dtype)
+    if kind == "torch-int8":
+        backend.name = "torch-int8"
     log.info("loaded %s from %s (threads=%s)", backend.name, model_path, torch.get_num_threads())
     return backend, tokenizer

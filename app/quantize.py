@@ -5,7 +5,7 @@ Why: on CPUs without AVX-512 the linear layers dominate, and int8 weights with i
 data needed. The pointer heads and the embeddings stay fp32 (tiny, and the heads decide spans).
 
 torch 2.13 still ships `torch.ao.quantization.quantize_dynamic` (deprecated in favour of torchao,
-which is not a dependency here); the deprecation warning is silenced on purpose.
+which is not a dependency here); its deprecation warnings are silenced on purpose.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def quantize_dynamic_int8(model: SiameseUniNLU) -> SiameseUniNLU:
         raise ValueError("dynamic int8 quantisation runs on CPU only")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
         from torch.ao.quantization import quantize_dynamic
 
         model.plm.encoder = quantize_dynamic(

@@ -104,6 +104,12 @@ class ServerState:
 
 
 def default_loader(settings: Settings) -> tuple[Any, Any]:
+    if settings.backend in ("onnx", "onnx-int8"):  # never imports torch (the lean CPU image)
+        from app.onnx_backend import load_onnx_backend
+
+        return load_onnx_backend(
+            settings.model_path, settings.torch_threads, int8=settings.backend == "onnx-int8"
+        )
     from app.backend import load_backend  # torch is imported only when a model is loaded
 
     return load_backend(

@@ -49,7 +49,12 @@ class Settings:
     torch_threads: int | None = _setting(
         None, "TORCH_THREADS", "intra-op threads for torch; unset = torch's default (all cores)"
     )
-    backend: str = _setting("torch", "BACKEND", "inference backend kind passed to load_backend")
+    backend: str = _setting(
+        "torch",
+        "BACKEND",
+        "torch | torch-int8 (CPU) | onnx | onnx-int8 (ONNX Runtime, graphs in MODEL_PATH/onnx "
+        "from app/export_onnx.py; TORCH_THREADS sets its threads too)",
+    )
     max_text_chars: int = _setting(
         10000, "MAX_TEXT_CHARS", "longest accepted text in characters; longer -> 413"
     )
@@ -112,6 +117,10 @@ class Settings:
                 raise SettingsError(f"{_env(name)} must not be negative")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise SettingsError("TORCH_THREADS must be at least 1")
+        if self.backend not in ("torch", "torch-int8", "onnx", "onnx-int8"):
+            raise SettingsError(
+                f"BACKEND must be torch, torch-int8, onnx or onnx-int8, got {self.backend!r}"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise SettingsError(f"DEVICE must be auto, cpu or cuda, got {self.device!r}")
         if self.log_format not in ("json", "text"):
