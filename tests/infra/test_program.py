@@ -330,3 +330,51 @@ def test_main_module_exports_the_outputs(monkeypatch):
         "prometheusUrl",
         "autoscaling",
     }
+
+
+def test_project_file_runs_the_program_with_the_repo_virtualenv():
+    project = yaml.safe_load((REPO / "Pulumi.yaml").read_text())
+    assert project["name"] == "uninlu"
+    assert project["runtime"] == {
+        "name": "python",
+        "options": {"toolchain": "pip", "virtualenv": ".venv"},
+    }
+
+
+def _pulumi_steps(workflow: str) -> dict[str, list[dict]]:
+    """Per job: the pulumi/actions steps that run a command (reusable workflows expanded)."""
+    document = yaml.safe_load((REPO / ".github" / "workflows" / workflow).read_text())
+    steps: dict[str, list[dict]] = {}
+    for job_id, job in document["jobs"].items():
+        if "uses" in job:  # a reusable workflow: its steps, with the caller's inputs
+            called = yaml.safe_load((REPO / job["uses"]).read_text())
+            inner = next(iter(called["jobs"].values()))
+            command = job["with"]["command"]
+            found = [dict(step, command=command) for step in inner["steps"]]
+        else:
+            found = [
+                dict(step, command=step.get("with", {}).get("command")) for step in job["steps"]
+            ]
+        steps[job_id] = [
+            step
+            for step in found
+            if str(step.get("uses", "")).startswith("pulumi/actions@") and "with" in step
+        ]
+    return steps
+
+
+def test_workflows_preview_every_stack_on_prs_and_deploy_dev_before_prod():
+    stacks = sorted(path.name.split(".")[1] for path in REPO.glob("Pulumi.*.yaml"))
+    preview = _pulumi_steps("pulumi-preview.yml")
+    assert sorted(preview) == stacks
+    for stack, (step,) in preview.items():
+        assert step["command"] == "preview"
+        assert step["with"]["stack-name"] == stack
+        assert step["with"]["comment-on-pr"] in (True, "${{ github.event_name == 'pull_request' }}")
+    up = _pulumi_steps("pulumi-up.yml")
+    assert sorted(up) == stacks
+    for stack, (step,) in up.items():
+        assert step["command"] == "up" and step["with"]["stack-name"] == stack
+    document = yaml.safe_load((REPO / ".github" / "workflows" / "pulumi-up.yml").read_text())
+    assert document["jobs"]["prod"]["needs"] == "dev"
+    assert document["jobs"]["prod"]["environment"]["name"] == "prod"
