@@ -221,13 +221,13 @@ class Settings(_Model):
         fewest = self.autoscaling.min_replicas if self.autoscaling.enabled else self.replicas
         if self.pdb.enabled and fewest < 2:
             raise ValueError(
-                f"pdb.enabled needs at least 2 replicas (here {fewest}): with one pod a "
+                f"pdb.enabled: needs at least 2 replicas (here {fewest}): with one pod a "
                 "PodDisruptionBudget blocks every node drain"
             )
         wants_rps = self.autoscaling.enabled and self.autoscaling.target_requests_per_second_per_pod
         if wants_rps and not self.monitoring.install_adapter:
             raise ValueError(
-                "autoscaling.targetRequestsPerSecondPerPod needs the Prometheus Adapter: set "
+                "autoscaling.targetRequestsPerSecondPerPod: needs the Prometheus Adapter: set "
                 "monitoring.installAdapter: true, or targetRequestsPerSecondPerPod: null"
             )
         return self
@@ -280,8 +280,10 @@ def _decode(raw: str) -> Any:
 
 def _describe(error: dict[str, Any]) -> str:
     loc = ".".join(str(part) for part in error["loc"])
-    key = f"{NAMESPACE}:{loc}" if loc else f"{NAMESPACE}:<{error.get('ctx', {}).get('key', '?')}>"
-    message = error["msg"].removeprefix("Value error, ")
+    message = error["msg"].removeprefix("Value error, ").split(" or instance of ")[0]
+    if not loc:  # a check across sections: its message starts with the key it is about
+        return f"  {NAMESPACE}:{message}"
+    key = f"{NAMESPACE}:{loc}"
     if error.get("ctx", {}).get("pattern") == _QUANTITY:
         message = "must be a Kubernetes quantity such as 500m, 2, 1536Mi or 3Gi"
     value = error.get("input")

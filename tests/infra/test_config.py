@@ -90,11 +90,11 @@ CASES = {
                 "autoscaling": {**prod_value("autoscaling"), "minReplicas": 1},
             }
         },
-        ["pdb.enabled needs at least 2 replicas"],
+        ["uninlu:pdb.enabled: needs at least 2 replicas (here 1)"],
     ),
     "request-rate target without the adapter": (
         {"overrides": with_changes("monitoring", installAdapter=False)},
-        ["targetRequestsPerSecondPerPod needs the Prometheus Adapter"],
+        ["uninlu:autoscaling.targetRequestsPerSecondPerPod: needs the Prometheus Adapter"],
     ),
     "adapter without a Prometheus": (
         {"overrides": with_changes("monitoring", prometheusUrl=None)},
