@@ -241,10 +241,6 @@ class StackConfig:
     settings: Settings
     registry_password: pulumi.Output[str] | None
 
-    @property
-    def stack_file(self) -> str:
-        return stack_file(self.stack)
-
 
 def stack_file(stack: str) -> str:
     return f"Pulumi.{stack}.yaml"
