@@ -6,9 +6,9 @@ the server, not here, so that each maps to its own status code and message.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 _SCHEMA_DOC = (
     "What to extract: an object whose keys are type names and whose values are null (a leaf) "
@@ -37,7 +37,19 @@ class PredictRequest(BaseModel):
         description="The text to analyse (Chinese; classification tasks put "
         "'label1,label2|' in front of it)."
     )
-    schema_: dict[str, Any] | str = Field(alias="schema", description=_SCHEMA_DOC)
+    # Any here, described as object-or-string: the schema's rules live in one place,
+    # app.pipeline.parse_schema, whose messages name the problem ("got array", "at 人物/x").
+    schema_: Annotated[
+        Any,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "object", "additionalProperties": {"type": ["object", "null"]}},
+                    {"type": "string"},
+                ]
+            }
+        ),
+    ] = Field(alias="schema", description=_SCHEMA_DOC)
     output_all_prefix: bool = Field(
         default=False, description="Also return the chains that end at an inner schema node."
     )

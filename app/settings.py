@@ -115,6 +115,10 @@ class Settings:
         for name in ("batch_wait_ms", "graceful_shutdown_seconds", "drain_delay_seconds"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_env(name)} must not be negative")
+        if self.max_batch_items > self.max_queue:
+            raise SettingsError(
+                "MAX_BATCH_ITEMS must not exceed MAX_QUEUE (such a batch never fits)"
+            )
         if self.torch_threads is not None and self.torch_threads < 1:
             raise SettingsError("TORCH_THREADS must be at least 1")
         if self.backend not in ("torch", "torch-int8", "onnx", "onnx-int8"):
