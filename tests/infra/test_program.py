@@ -3,10 +3,12 @@ inputs; and, through the real Helm engine, what Kubernetes would receive."""
 
 from __future__ import annotations
 
+import re
 import runpy
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import pulumi
 import pytest
 import yaml
@@ -378,3 +380,39 @@ def test_workflows_preview_every_stack_on_prs_and_deploy_dev_before_prod():
     document = yaml.safe_load((REPO / ".github" / "workflows" / "pulumi-up.yml").read_text())
     assert document["jobs"]["prod"]["needs"] == "dev"
     assert document["jobs"]["prod"]["environment"]["name"] == "prod"
+
+
+def test_adapter_rule_is_valid_promql_for_the_predict_routes_only():
+    """The queries the adapter runs, parsed by a real PromQL parser (a typo here would only show
+    up in a live cluster, as an HPA stuck at <unknown>)."""
+    rule = monitoring.predict_rps_rule()
+    # What the adapter substitutes when the HPA asks for the metric of two pods.
+    query = (
+        rule["metricsQuery"]
+        .replace("<<.Series>>", REQUESTS_TOTAL)
+        .replace("<<.LabelMatchers>>", 'namespace="uninlu",pod=~"uninlu-a|uninlu-b"')
+        .replace("<<.GroupBy>>", "pod")
+    )
+    parsed = promql_parser.parse(query)
+    assert isinstance(parsed, promql_parser.AggregateExpr)
+    assert str(parsed.op) == "sum" and parsed.modifier.labels == ["pod"]
+    assert parsed.expr.func.name == "rate"
+    (window,) = parsed.expr.args
+    assert window.range.total_seconds() == 120
+    selector = window.vector_selector
+    assert selector.name == REQUESTS_TOTAL
+    matchers = {m.name: (m.op, m.value) for m in selector.matchers.matchers}
+    assert matchers["namespace"] == (promql_parser.MatchOp.Equal, "uninlu")
+    op, route_regex = matchers["route"]
+    assert op == promql_parser.MatchOp.Re
+    # PromQL anchors regex matchers: exactly the predict routes, nothing else.
+    for route in PREDICT_ROUTES:
+        assert re.fullmatch(route_regex, route)
+    for other in ("/health", "/ready", "/metrics", "/predict/other", "/"):
+        assert not re.fullmatch(route_regex, other)
+
+    series = promql_parser.parse(rule["seriesQuery"])
+    assert isinstance(series, promql_parser.VectorSelector) and series.name == REQUESTS_TOTAL
+    series_matchers = {m.name: (m.op, m.value) for m in series.matchers.matchers}
+    assert series_matchers["route"] == (promql_parser.MatchOp.Re, route_regex)
+    assert series_matchers["pod"] == (promql_parser.MatchOp.NotEqual, "")
