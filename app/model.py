@@ -33,6 +33,9 @@ TASK = "siamese-uie"
 # Older transformers saved this buffer with the weights; it holds no learned values.
 IGNORED_KEYS = frozenset({"plm.embeddings.position_ids"})
 _MAX_LISTED = 10
+# Attention kernel of the BERT layers: "sdpa" (torch's fused kernels) or "eager" (the explicit
+# matmul-softmax of the original implementation). Both take the same additive padding mask.
+ATTENTION = "sdpa"
 
 
 class _Plm(nn.Module):
@@ -46,19 +49,22 @@ class _Plm(nn.Module):
         self.pooler = BertPooler(config)
 
 
-def _key_mask(mask: torch.Tensor) -> torch.Tensor | None:
-    """Boolean key-padding mask for SDPA (True = attend), or None when nothing is padded so that
-    the fastest attention kernel can be used."""
+def _key_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """Additive key-padding mask (0 to attend, the dtype's minimum for padding) of shape
+    (B, 1, 1, T), the form both eager and SDPA attention add to the scores; None when nothing is
+    padded so that the fastest kernel can be used."""
     if bool(mask.all()):
         return None
-    return mask[:, None, None, :]
+    blocked = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    blocked.masked_fill_(~mask, torch.finfo(dtype).min)
+    return blocked[:, None, None, :]
 
 
 class SiameseUniNLU(nn.Module):
     """Text and prompt share `plm` (the first n-6 layers); [text ; prompt] then runs through the
     6-layer `crossattention` stack; two linear pointer heads score every text token."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, attn_implementation: str = ATTENTION):
         super().__init__()
         if config.num_hidden_layers <= CROSS_LAYERS:
             raise CheckpointError(
@@ -66,7 +72,7 @@ class SiameseUniNLU(nn.Module):
                 f"needs more than {CROSS_LAYERS} (the last {CROSS_LAYERS} form the cross stack)"
             )
         config = copy.deepcopy(config)
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = attn_implementation
         plm_config = copy.deepcopy(config)
         plm_config.num_hidden_layers = config.num_hidden_layers - CROSS_LAYERS
         cross_config = copy.deepcopy(config)
@@ -96,11 +102,14 @@ class SiameseUniNLU(nn.Module):
         hidden = self.plm.embeddings(
             input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids
         )
-        return self.plm.encoder(hidden, attention_mask=_key_mask(mask)).last_hidden_state
+        return self.plm.encoder(
+            hidden, attention_mask=_key_mask(mask, hidden.dtype)
+        ).last_hidden_state
 
     def cross(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Second half over packed [text ; prompt] rows -> (head, tail) logits, each (B, T)."""
-        out = self.crossattention(hidden, attention_mask=_key_mask(mask)).last_hidden_state
+        out = self.crossattention(hidden, attention_mask=_key_mask(mask, hidden.dtype))
+        out = out.last_hidden_state
         return self.head_clsf(out).squeeze(-1), self.tail_clsf(out).squeeze(-1)
 
 
@@ -211,7 +220,10 @@ def check_state_dict(expected: dict[str, torch.Tensor], state: dict, source: Pat
 
 
 def load_model(
-    model_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    model_dir: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = ATTENTION,
 ) -> SiameseUniNLU:
     """Build the network without initialising it and assign the checkpoint's tensors."""
     model_dir = Path(model_dir)
@@ -223,7 +235,7 @@ def load_model(
     path = weights_file(model_dir)
     state = read_state_dict(path)
     with torch.device("meta"):
-        model = SiameseUniNLU(config)
+        model = SiameseUniNLU(config, attn_implementation)
     expected = model.state_dict()
     check_state_dict(expected, state, path)
     tensors = {k: state[k].to(dtype) for k in expected}
