@@ -67,7 +67,8 @@ log "wheelhouse: pip download -r app/requirements.txt"
 find_links=()
 [ -d /opt/wheels ] && find_links=(--find-links /opt/wheels)
 "$PY" -m pip download --quiet --disable-pip-version-check --only-binary=:all: "${find_links[@]}" \
-    -r app/requirements.txt -d "$WORK/wheels"
+    -r app/requirements.txt -d "$WORK/wheels" >"$WORK/wheels.log" 2>&1 \
+    || { tail -n 20 "$WORK/wheels.log" >&2; die "pip download (full log: $WORK/wheels.log)"; }
 ls "$WORK"/wheels/torch-*+cpu-*.whl >/dev/null 2>&1 \
     || die "the wheelhouse has no CPU torch wheel (torch-*+cpu-*.whl): refusing a CUDA build"
 
@@ -94,7 +95,7 @@ inspect() { podman image inspect --format "$1" "$IMAGE"; }
 inspect '{{json .Config.ExposedPorts}}' | grep -q '"7860/tcp"' || die "image does not expose 7860"
 inspect '{{json .Config.Healthcheck}}' | grep -q '/health' || die "image has no HEALTHCHECK on /health"
 # No build tools, no pip, no tests in the runtime image.
-podman run --rm --network=none --read-only --cap-drop=ALL --user 1001:1001 "$IMAGE" python -c '
+podman run --rm --network=none --health-cmd=none --read-only --cap-drop=ALL --user 1001:1001 "$IMAGE" python -c '
 import importlib.util, os, shutil, sys
 bad = [t for t in ("gcc", "cc", "make", "curl", "pip", "pip3") if shutil.which(t)]
 bad += ["pip module"] if importlib.util.find_spec("pip") else []
@@ -111,8 +112,9 @@ cleanup() {
 trap cleanup EXIT
 
 port="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+# --health-interval=disable: no systemd timer (there is no systemd here); the check is run below.
 run_flags=(--detach --name "$CONTAINER" --read-only --tmpfs /tmp:rw,nosuid,nodev,size=256m
-    --cap-drop ALL --user 1001:1001 --security-opt no-new-privileges)
+    --cap-drop ALL --user 1001:1001 --security-opt no-new-privileges --health-interval=disable)
 if ! podman run "${run_flags[@]}" -p "127.0.0.1:$port:7860" "$IMAGE" >"$WORK/run.log" 2>&1; then
     # Some hosts lack the CNI plugins for port publishing: share the host's network instead.
     log "port publishing failed ($(tail -n 1 "$WORK/run.log")); using --network host"
