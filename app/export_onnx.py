@@ -34,6 +34,14 @@ CROSS_INPUTS = ("states", "attention_mask")
 DEFAULT_OPSET = 18
 # fp32 ONNX against fp32 torch: only kernel-order noise is allowed.
 EXPORT_ATOL = 1e-3
+MASK_MIN = torch.finfo(torch.float32).min
+
+
+def _additive(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) 0/1 mask -> (B, 1, 1, T) additive mask: 0 to attend, float32's minimum for padding
+    (the form app/model.py gives the BERT layers)."""
+    blocked = torch.zeros(mask.shape, dtype=torch.float32).masked_fill(mask == 0, MASK_MIN)
+    return blocked[:, None, None, :]
 
 
 class _Encoder(nn.Module):
@@ -49,8 +57,7 @@ class _Encoder(nn.Module):
         hidden = self.embeddings(
             input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids
         )
-        mask = attention_mask.bool()[:, None, None, :]
-        return self.encoder(hidden, attention_mask=mask).last_hidden_state
+        return self.encoder(hidden, attention_mask=_additive(attention_mask)).last_hidden_state
 
 
 class _Cross(nn.Module):
@@ -63,8 +70,7 @@ class _Cross(nn.Module):
         self.tail = model.tail_clsf
 
     def forward(self, states, attention_mask):
-        mask = attention_mask.bool()[:, None, None, :]
-        out = self.cross(states, attention_mask=mask).last_hidden_state
+        out = self.cross(states, attention_mask=_additive(attention_mask)).last_hidden_state
         return self.head(out).squeeze(-1), self.tail(out).squeeze(-1)
 
 
@@ -96,6 +102,7 @@ def _export(module: nn.Module, args: tuple, names: tuple, outputs: list[str], pa
             output_names=outputs,
             opset_version=opset,
             dynamo=True,
+            verbose=False,
             external_data=False,
         )
     program.save(str(path))
