@@ -1,0 +1,230 @@
+"""Static properties of docker/Dockerfile, .dockerignore and app/requirements.txt.
+
+hadolint and checkov run in `make lint`; these pin what they cannot know: the runtime stage's
+contract with Kubernetes (uid, port, probes, read-only root), the build-arg list that
+infra/image.py reads, and that the runtime pins never drift from requirements.txt.
+`make image-test` (docker/image-test.sh) builds and runs the image for real.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+RUNTIME_PACKAGES = {
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "fastapi",
+    "uvicorn",
+    "pydantic",
+    "python-json-logger",
+    "prometheus-client",
+}
+TEST_TOOLS = {"pytest", "hypothesis", "schemathesis", "ruff", "playwright", "pytest-timeout"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep, f"{path.name}: {line!r} is not pinned with =="
+            pins[_norm(name)] = version
+    return pins
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) per instruction, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, args = line.partition(" ")
+            out.append((keyword.upper(), " ".join(args.split())))
+    return out
+
+
+def _stages() -> dict[str, list[tuple[str, str]]]:
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for keyword, args in _instructions():
+        if keyword == "FROM":
+            current = args.split()[-1]
+            stages[current] = [(keyword, args)]
+        elif current:
+            stages[current].append((keyword, args))
+    return stages
+
+
+def _runtime() -> list[tuple[str, str]]:
+    return list(_stages().values())[-1]
+
+
+def test_runtime_pins_are_requirements_pins():
+    app_pins, pins = _pins(ROOT / "app" / "requirements.txt"), _pins(ROOT / "requirements.txt")
+    assert set(app_pins) >= RUNTIME_PACKAGES
+    assert not TEST_TOOLS & set(app_pins)
+    # setuptools is torch's dependency; the dev venv gets it from `python -m venv`.
+    drift = {
+        n: (v, pins.get(n)) for n, v in app_pins.items() if n != "setuptools" and pins.get(n) != v
+    }
+    assert not drift, f"app/requirements.txt differs from requirements.txt: {drift}"
+
+
+def test_runtime_stage_is_the_last_and_runs_as_non_root():
+    runtime = _runtime()
+    assert runtime[0] == ("FROM", "base AS runtime")
+    assert ("FROM", "python:${PYTHON_TAG} AS base") in _instructions()
+    assert ("ARG", "PYTHON_TAG=3.11-slim-bookworm") in _instructions()
+    users = [args for keyword, args in runtime if keyword == "USER"]
+    assert users == ["1001:1001"]
+    assert ("EXPOSE", "7860") in runtime
+    assert ("CMD", '["python", "-m", "app"]') in runtime
+
+
+def test_runtime_holds_only_venv_model_app_and_bytecode():
+    copies = [args for keyword, args in _runtime() if keyword in ("COPY", "ADD")]
+    assert copies == [
+        "--from=deps /opt/venv /opt/venv",
+        "--from=model-convert /models/uninlu /models/uninlu",
+        "app/ /srv/app/",
+        "--from=bytecode /opt/pycache /opt/pycache",
+    ]
+    runs = " ".join(args for keyword, args in _runtime() if keyword == "RUN")
+    assert not re.search(r"apt-get|pip |gcc|curl|wget", runs), runs
+
+
+def test_runtime_environment_suits_a_read_only_root():
+    env = " ".join(args for keyword, args in _runtime() if keyword == "ENV")
+    for setting in (
+        "MODEL_PATH=/models/uninlu",
+        "HOME=/tmp",
+        "PYTHONDONTWRITEBYTECODE=1",
+        "PYTHONPYCACHEPREFIX=/opt/pycache",
+        "HF_HUB_OFFLINE=1",
+        "PORT=7860",
+    ):
+        assert setting in env.split(), setting
+
+
+def test_healthcheck_probes_health_without_curl():
+    (check,) = [args for keyword, args in _runtime() if keyword == "HEALTHCHECK"]
+    assert "/health" in check and '"python"' in check
+    assert "curl" not in check and "wget" not in check
+
+
+def test_every_build_arg_is_documented_in_the_header():
+    """infra/image.py's author reads the list at the top of the Dockerfile."""
+    header = DOCKERFILE.read_text().split("\nARG ", 1)[0]
+    documented = set(re.findall(r"^#   ([A-Z][A-Z0-9_]+) ", header, re.MULTILINE))
+    declared = {args.split("=")[0] for keyword, args in _instructions() if keyword == "ARG"}
+    assert declared == documented
+    for context in ("model", "wheels"):
+        assert re.search(rf"^#   {context} ", header, re.MULTILINE), context
+
+
+def test_named_contexts_replace_stages_of_the_same_name():
+    stages = _stages()
+    assert stages["wheels"] == [("FROM", "scratch AS wheels")]
+    assert stages["model"][0] == ("FROM", "scratch AS model")
+    assert ("COPY", "--from=model . /model-src/") in stages["model-convert"]
+
+
+def _app_imports(module: Path) -> set[str]:
+    """app.* modules a module imports, recursively, as file names under app/."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        tree = ast.parse(todo.pop().read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                if name == "app" or name.startswith("app."):
+                    path = ROOT / (name.replace(".", "/") + ".py")
+                    path = path if path.is_file() else ROOT / name.replace(".", "/") / "__init__.py"
+                    rel = path.relative_to(ROOT).as_posix()
+                    if rel not in seen:
+                        seen.add(rel)
+                        todo.append(path)
+    return seen
+
+
+def test_model_stage_copies_every_module_the_converter_imports():
+    """The model stage copies only the loader's modules (so app/ edits keep the model layer
+    cached); a new import in app/model.py must be added to that COPY."""
+    (copy,) = [
+        args for keyword, args in _stages()["model-convert"] if keyword == "COPY" and "app/" in args
+    ]
+    copied = set(copy.split()[:-1])
+    assert _app_imports(ROOT / "docker" / "convert_model.py") | {"app/__init__.py"} <= copied
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's .dockerignore rule: the last matching pattern wins; a pattern that matches a
+    parent directory matches everything under it; `**` spans directories."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pat = pattern.lstrip("!").rstrip("/")
+        regex = fnmatch.translate(pat).replace(".*.*/", "(.*/)?")
+        if any(re.match(regex, p) for p in prefixes):
+            ignored = not negate
+    return ignored
+
+
+def _dockerignore() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+@pytest.mark.parametrize(
+    ("path", "ignored"),
+    [
+        ("app/server.py", False),
+        ("app/static/index.html", False),
+        ("app/requirements.txt", False),
+        ("docker/convert_model.py", False),
+        ("docker/compile_bytecode.py", False),
+        ("docker/requirements-modelscope.txt", False),
+        ("app/__pycache__/server.cpython-311.pyc", True),
+        ("tests/app/test_server.py", True),
+        (".venv/bin/python", True),
+        (".git/HEAD", True),
+        (".image-test/wheels/torch.whl", True),
+        (".models/tiny/pytorch_model.bin", True),
+        ("docker/Dockerfile", True),
+        ("infra/image.py", True),
+    ],
+)
+def test_dockerignore_keeps_the_context_small(path, ignored):
+    assert _ignored(path, _dockerignore()) is ignored
+
+
+def test_every_context_file_the_dockerfile_copies_is_in_the_context():
+    patterns = _dockerignore()
+    for keyword, args in _instructions():
+        if keyword == "COPY" and "--from=" not in args:
+            for source in args.split()[:-1]:
+                assert (ROOT / source).exists(), source
+                assert not _ignored(source.rstrip("/"), patterns), source
