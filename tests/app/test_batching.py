@@ -1,0 +1,208 @@
+"""The dynamic batcher on the real tiny checkpoint, with the backend wrapped to record its calls:
+results equal the one-by-one driver, calls really mix requests and respect MAX_BATCH_TOKENS,
+admission is bounded, and one request's failure stays its own."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.backend import load_backend
+from app.batching import Batcher, Job, NotAccepting, Overloaded
+from app.errors import InputError
+from app.metrics import Metrics
+from app.pipeline import Extraction, parse_schema, run_steps
+
+TEXTS = [
+    "今天上午，小林在杭州西湖边买了两杯龙井茶。",
+    "2019年，张海峰从复旦大学毕业后加入了位于深圳的一家芯片公司。",
+    "屏幕很清晰，电池不太耐用，客服态度不错",
+    "正向,负向|这家小店的面分量很足，汤头也地道，下次还会再来。",
+    "青石镇位于浙江省西南部的山区，距县城约四十公里。" * 20,  # several windows
+]
+SCHEMAS = [
+    {"人物": None, "地理位置": None, "组织机构": None},
+    {"属性词": {"情感词": None}},
+    {"情感分类": None},
+]
+
+
+class RecordingBackend:
+    """The real backend; remembers each call's kind, row count and padded token count."""
+
+    def __init__(self, inner, fail_on: str | None = None):
+        self.inner = inner
+        self.name = inner.name
+        self.calls: list[tuple[str, int, int]] = []
+        self.fail_on = fail_on
+
+    def encode(self, windows):
+        self.calls.append(("encode", len(windows), len(windows) * max(map(len, windows))))
+        if self.fail_on == "encode":
+            self.fail_on = None
+            raise RuntimeError("simulated device failure")
+        return self.inner.encode(windows)
+
+    def score(self, rows):
+        width = max(r.position_offset + len(r.prompt_ids) for r in rows)
+        self.calls.append(("score", len(rows), len(rows) * width))
+        return self.inner.score(rows)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return load_backend(tiny_model_dir, device="cpu", threads=1)
+
+
+def make(model, **kw) -> tuple[Batcher, RecordingBackend, Metrics]:
+    backend, tokenizer = model
+    recorder = RecordingBackend(backend, kw.pop("fail_on", None))
+    metrics = Metrics()
+    options = {
+        "max_batch_tokens": 8192,
+        "batch_wait_ms": 20,
+        "max_batch_requests": 64,
+        "max_queue": 64,
+    }
+    options.update(kw)
+    batcher = Batcher(recorder, tokenizer, metrics=metrics, **options)
+    batcher.start()
+    return batcher, recorder, metrics
+
+
+def jobs() -> list[Job]:
+    out = []
+    for i, text in enumerate(TEXTS * 3):
+        schema = parse_schema(SCHEMAS[i % len(SCHEMAS)])
+        out.append(Job(text, schema, output_all_prefix=i % 2 == 1))
+    return out
+
+
+def one_by_one(model, job: Job) -> list:
+    backend, tokenizer = model
+    return run_steps(backend, Extraction(tokenizer, job.text, job.schema, job.output_all_prefix))
+
+
+def histogram(metrics: Metrics, name: str, le: str) -> tuple[float, float]:
+    values = {
+        (s.name, s.labels.get("le")): s.value
+        for family in metrics.registry.collect()
+        for s in family.samples
+    }
+    return values[(name + "_bucket", le)], values[(name + "_count", None)]
+
+
+async def gather_each(batcher: Batcher, work: list[Job]) -> list:
+    return await asyncio.gather(*(batcher.predict(j) for j in work))
+
+
+def test_concurrent_results_equal_one_by_one_and_calls_mix_requests(model):
+    work = jobs()
+    batcher, recorder, metrics = make(model, max_batch_tokens=4096)
+    got = asyncio.run(gather_each(batcher, work))
+    assert got == [one_by_one(model, j) for j in work]
+    assert any(bool(out) for out in got)
+    single, calls = histogram(metrics, "uninlu_batch_size", "1.0")
+    assert calls == len(recorder.calls) and single < calls  # some calls held several requests
+    assert all(tokens <= 4096 or rows == 1 for _, rows, tokens in recorder.calls), recorder.calls
+    assert batcher.admitted == 0
+
+
+def test_small_token_budget_splits_calls_without_changing_results(model):
+    work = jobs()[:6]
+    batcher, recorder, _ = make(model, max_batch_tokens=600)
+    got = asyncio.run(gather_each(batcher, work))
+    assert got == [one_by_one(model, j) for j in work]
+    assert all(tokens <= 600 or rows == 1 for _, rows, tokens in recorder.calls)
+    assert any(rows > 1 for _, rows, _ in recorder.calls)
+
+
+def test_one_request_at_a_time_when_batching_is_off(model):
+    work = jobs()[:6]
+    batcher, _, metrics = make(model, max_batch_requests=1)
+    got = asyncio.run(gather_each(batcher, work))
+    assert got == [one_by_one(model, j) for j in work]
+    single, calls = histogram(metrics, "uninlu_batch_size", "1.0")
+    assert calls > 0 and single == calls
+
+
+def test_admission_is_bounded_and_refused_at_once(model):
+    batcher, _, _ = make(model, max_queue=3)
+    job = jobs()[0]
+
+    async def scenario():
+        first = asyncio.ensure_future(batcher.predict_many([job, job]))
+        await asyncio.sleep(0)  # admitted synchronously inside predict_many
+        assert batcher.admitted == 2
+        with pytest.raises(Overloaded):
+            await batcher.predict_many([job, job])  # 2 + 2 > 3: all or nothing
+        third = await batcher.predict(job)  # 2 + 1 fits
+        return await first, third
+
+    (a, b), c = asyncio.run(scenario())
+    assert a == b == c == one_by_one(model, job)
+    assert batcher.admitted == 0
+
+
+def test_a_failing_request_fails_alone(model):
+    batcher, _, _ = make(model)
+    good = jobs()[0]
+    bad = Job(12345, parse_schema({"人物": None}))  # not a string: the pipeline refuses it
+
+    async def scenario():
+        return await asyncio.gather(
+            batcher.predict(good), batcher.predict(bad), return_exceptions=True
+        )
+
+    ok, err = asyncio.run(scenario())
+    assert ok == one_by_one(model, good)
+    assert isinstance(err, InputError)
+
+
+def test_a_backend_failure_fails_that_call_and_the_worker_goes_on(model):
+    batcher, _, _ = make(model, fail_on="encode")
+    job = jobs()[0]
+
+    async def scenario():
+        with pytest.raises(RuntimeError, match="simulated"):
+            await batcher.predict(job)
+        return await batcher.predict(job)
+
+    assert asyncio.run(scenario()) == one_by_one(model, job)
+    assert batcher.admitted == 0
+
+
+def test_close_finishes_admitted_work_then_refuses(model):
+    batcher, _, _ = make(model)
+    work = jobs()[:4]
+
+    async def scenario():
+        running = asyncio.ensure_future(batcher.predict_many(work))
+        await asyncio.sleep(0)
+        assert batcher.admitted == len(work)
+        await batcher.close(timeout=60)
+        with pytest.raises(NotAccepting):
+            await batcher.predict(work[0])
+        return await running
+
+    assert asyncio.run(scenario()) == [one_by_one(model, j) for j in work]
+
+
+def test_a_cancelled_waiter_releases_its_slot(model):
+    batcher, _, _ = make(model, max_queue=2, max_batch_requests=1)
+    job = Job(TEXTS[-1], parse_schema(SCHEMAS[0]))
+
+    async def scenario():
+        tasks = [asyncio.ensure_future(batcher.predict(job)) for _ in range(2)]
+        await asyncio.sleep(0)
+        tasks[1].cancel()
+        result = await tasks[0]
+        for _ in range(200):  # the worker drops the cancelled one and frees the slot
+            if batcher.admitted == 0:
+                break
+            await asyncio.sleep(0.01)
+        return result, batcher.admitted
+
+    result, admitted = asyncio.run(scenario())
+    assert result == one_by_one(model, job) and admitted == 0
