@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import re
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -32,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.batching import Batcher, Job, NotAccepting, Overloaded
-from app.errors import InputError, SchemaError
+from app.errors import InputError, SchemaError, UninluError
 from app.logging import ACCESS_LOGGER, configure_logging, request_id_var
 from app.metrics import Metrics
 from app.pipeline import parse_schema
@@ -45,7 +46,7 @@ from app.schemas import (
     PredictResponse,
     ReadyResponse,
 )
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 
 log = logging.getLogger("uninlu.server")
 access_log = logging.getLogger(ACCESS_LOGGER)
@@ -190,7 +191,10 @@ async def _load_and_warm_up(state: ServerState, loader: Loader) -> None:
         )
     except asyncio.CancelledError:
         raise
-    except BaseException as err:
+    except UninluError as err:  # a bad checkpoint: the message says it all, no traceback
+        state.failed = err
+        log.error("model load failed: %s", err)
+    except Exception as err:
         state.failed = err
         log.exception("model load or warm-up failed: %s", err)
 
@@ -531,7 +535,12 @@ class _DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings | None = None) -> int:
     """`python -m app`: settings from the environment, JSON logs, uvicorn on settings.port."""
-    settings = settings or Settings.from_env()
+    if settings is None:
+        try:
+            settings = Settings.from_env()
+        except SettingsError as err:
+            print(f"uninlu: invalid setting: {err}", file=sys.stderr)
+            return 2
     configure_logging(settings)
     if not settings.model_path:
         log.error("MODEL_PATH is not set: point it at a checkpoint directory")
