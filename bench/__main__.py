@@ -145,7 +145,7 @@ def run_config(config: Config, args, bodies, body_flops, examples, peak, log_dir
             step["model_calls"] = calls
             step["mean_batch_size"] = (after[0] - before[0]) / calls if calls else None
             done = sum(body_flops[s.body_index] for s in samples if s.status == 200)
-            step["model_gflops"] = done / args.step_seconds / 1e9
+            step["model_gflops"] = done / step["window_s"] / 1e9
             step["flop_utilisation_pct"] = 100 * step["model_gflops"] / peak
             steps.append(step)
             print(

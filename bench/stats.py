@@ -24,10 +24,12 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def summarise(samples: list[Sample], offered_rate: float, duration: float) -> dict:
-    """Figures of one open-loop step. Throughput counts successful responses per second of the step
-    (arrival window); latency percentiles are over every request, failed ones included, so a server
-    that fails fast cannot look quick."""
+    """Figures of one open-loop step. Throughput is successful responses per second from the
+    step's start until its last response (or the arrival window, if longer), so an overloaded
+    server cannot look faster than it answers. Latency percentiles are over every request,
+    failed ones included, so a server that fails fast cannot look quick."""
     ok = [s for s in samples if s.status == 200]
+    span = max(duration, max((s.sent_at + s.latency for s in samples), default=0.0))
     latencies = [s.latency for s in samples]
     errors = Counter(str(s.status) if s.status else (s.error or "no response") for s in samples)
     errors.pop("200", None)
@@ -37,7 +39,8 @@ def summarise(samples: list[Sample], offered_rate: float, duration: float) -> di
         "ok": len(ok),
         "errors": sum(errors.values()),
         "errors_by_kind": dict(errors),
-        "throughput_rps": len(ok) / duration if duration > 0 else 0.0,
+        "window_s": span,
+        "throughput_rps": len(ok) / span if span > 0 else 0.0,
         "p50_s": percentile(latencies, 50),
         "p95_s": percentile(latencies, 95),
         "p99_s": percentile(latencies, 99),

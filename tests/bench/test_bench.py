@@ -31,7 +31,9 @@ def test_summary_counts_errors_and_includes_failures_in_latency():
     step = stats.summarise(samples, offered_rate=2.0, duration=10.0)
     assert step["sent"] == 20 and step["ok"] == 18 and step["errors"] == 2
     assert step["errors_by_kind"] == {"503": 1, "timeout": 1}
-    assert step["throughput_rps"] == pytest.approx(1.8)
+    assert step["throughput_rps"] == pytest.approx(18 / 32.1)  # until the last answer at 32.1 s
+    fast = stats.summarise(samples[:18], offered_rate=2.0, duration=10.0)
+    assert fast["throughput_rps"] == pytest.approx(1.8)  # all answered within the 10 s window
     assert step["p50_s"] == pytest.approx(np.percentile([s.latency for s in samples], 50))
     assert step["p99_s"] > 5.0  # the timed-out request counts
     assert not stats.meets_slo(step, 1.0)
