@@ -4,10 +4,10 @@ Why: the root filesystem is read-only at run time, so Python cannot cache byteco
 compiling torch and transformers from source on every start costs seconds (about 13 s more on
 2 cores). Compiling the whole virtualenv instead (pip's default) adds about 230 MB to the image;
 the modules that serving imports are about a third of that. So: load the model and answer one
-prediction, as the server does, then write a hash-checked .pyc for every module that was loaded,
+prediction as the server does, then write a hash-checked .pyc for every module that was loaded,
 plus the whole web stack (imported on the first request), into PYTHONPYCACHEPREFIX.
 
-    PYTHONPYCACHEPREFIX=/opt/pycache python compile_bytecode.py MODEL_DIR
+    PYTHONPYCACHEPREFIX=/opt/pycache MODEL_PATH=DIR [BACKEND=onnx] python compile_bytecode.py
 """
 
 from __future__ import annotations
@@ -23,24 +23,15 @@ from pathlib import Path
 WEB_PACKAGES = ("app", "uvicorn", "fastapi", "starlette", "pydantic", "anyio", "h11")
 
 
-def warm_up(model_dir: str) -> None:
-    """Import the server and run the model once: what a pod does before /ready."""
-    importlib.import_module("app.server")
-    from app.__main__ import main
+def warm_up() -> None:
+    """Load the model with the server's own loader and settings (MODEL_PATH, BACKEND from the
+    environment) and run one prediction: what a pod does before it reports /ready."""
+    from app.pipeline import parse_schema, predict
+    from app.server import default_loader
+    from app.settings import Settings
 
-    status = main(
-        [
-            "predict",
-            "--model-path",
-            model_dir,
-            "--text",
-            "小林在杭州工作。",
-            "--schema",
-            '{"人物": null}',
-        ]
-    )
-    if status != 0:
-        raise SystemExit(f"compile_bytecode: the warm-up prediction failed ({status})")
+    backend, tokenizer = default_loader(Settings.from_env())
+    predict(backend, tokenizer, "小林在杭州工作。", parse_schema({"人物": None, "地点": None}))
 
 
 def compile_loaded() -> int:
@@ -69,10 +60,10 @@ def compile_loaded() -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or sys.pycache_prefix is None:
+    if argv or sys.pycache_prefix is None:
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
         return 2
-    warm_up(argv[0])
+    warm_up()
     count = compile_loaded()
     print(f"compile_bytecode: {count} loaded modules compiled into {sys.pycache_prefix}")
     return 0

@@ -71,8 +71,11 @@ def _stages() -> dict[str, list[tuple[str, str]]]:
     return stages
 
 
-def _runtime() -> list[tuple[str, str]]:
-    return list(_stages().values())[-1]
+def _runtime(target: str = "runtime") -> list[tuple[str, str]]:
+    """A runtime target's instructions, its parent stage runtime-base's included."""
+    stages = _stages()
+    assert stages[target][0] == ("FROM", f"runtime-base AS {target}")
+    return stages["runtime-base"] + stages[target][1:]
 
 
 def test_runtime_pins_are_requirements_pins():
@@ -86,9 +89,14 @@ def test_runtime_pins_are_requirements_pins():
     assert not drift, f"app/requirements.txt differs from requirements.txt: {drift}"
 
 
-def test_runtime_stage_is_the_last_and_runs_as_non_root():
-    runtime = _runtime()
-    assert runtime[0] == ("FROM", "base AS runtime")
+def test_runtime_is_the_default_target():
+    assert list(_stages())[-1] == "runtime"
+
+
+@pytest.mark.parametrize("target", ["runtime", "runtime-onnx"])
+def test_runtime_runs_as_non_root(target):
+    runtime = _runtime(target)
+    assert runtime[0] == ("FROM", "base AS runtime-base")
     assert ("FROM", "python:${PYTHON_TAG} AS base") in _instructions()
     assert ("ARG", "PYTHON_TAG=3.11-slim-bookworm") in _instructions()
     users = [args for keyword, args in runtime if keyword == "USER"]
@@ -97,20 +105,32 @@ def test_runtime_stage_is_the_last_and_runs_as_non_root():
     assert ("CMD", '["python", "-m", "app"]') in runtime
 
 
-def test_runtime_holds_only_venv_model_app_and_bytecode():
-    copies = [args for keyword, args in _runtime() if keyword in ("COPY", "ADD")]
+@pytest.mark.parametrize(
+    ("target", "deps", "model", "bytecode"),
+    [
+        ("runtime", "deps", "model-convert /models/uninlu", "bytecode"),
+        ("runtime-onnx", "deps-onnx", "model-onnx /models/uninlu-onnx", "bytecode-onnx"),
+    ],
+)
+def test_runtime_holds_only_venv_model_app_and_bytecode(target, deps, model, bytecode):
+    copies = [args for keyword, args in _runtime(target) if keyword in ("COPY", "ADD")]
     assert copies == [
-        "--from=deps /opt/venv /opt/venv",
-        "--from=model-convert /models/uninlu /models/uninlu",
+        f"--from={deps} /opt/venv /opt/venv",
+        f"--from={model} /models/uninlu",
         "app/ /srv/app/",
-        "--from=bytecode /opt/pycache /opt/pycache",
+        f"--from={bytecode} /opt/pycache /opt/pycache",
     ]
-    runs = " ".join(args for keyword, args in _runtime() if keyword == "RUN")
+    runs = " ".join(args for keyword, args in _runtime(target) if keyword == "RUN")
     assert not re.search(r"apt-get|pip |gcc|curl|wget", runs), runs
 
 
-def test_runtime_environment_suits_a_read_only_root():
-    env = " ".join(args for keyword, args in _runtime() if keyword == "ENV")
+def test_the_onnx_runtime_selects_the_onnx_backend():
+    assert ("ENV", "BACKEND=onnx") in _runtime("runtime-onnx")
+
+
+@pytest.mark.parametrize("target", ["runtime", "runtime-onnx"])
+def test_runtime_environment_suits_a_read_only_root(target):
+    env = " ".join(args for keyword, args in _runtime(target) if keyword == "ENV")
     for setting in (
         "MODEL_PATH=/models/uninlu",
         "HOME=/tmp",
@@ -168,14 +188,19 @@ def _app_imports(module: Path) -> set[str]:
     return seen
 
 
-def test_model_stage_copies_every_module_the_converter_imports():
-    """The model stage copies only the loader's modules (so app/ edits keep the model layer
-    cached); a new import in app/model.py must be added to that COPY."""
-    (copy,) = [
-        args for keyword, args in _stages()["model-convert"] if keyword == "COPY" and "app/" in args
-    ]
+@pytest.mark.parametrize(
+    ("stage", "script"),
+    [("model-convert", "docker/convert_model.py"), ("model-onnx", "app/export_onnx.py")],
+)
+def test_model_stages_copy_every_module_their_script_imports(stage, script):
+    """The model stages copy only the modules they run (so app/ edits keep the model layers
+    cached); a new app import there must be added to that COPY."""
+    (copy,) = [args for keyword, args in _stages()[stage] if keyword == "COPY" and "app/" in args]
     copied = set(copy.split()[:-1])
-    assert _app_imports(ROOT / "docker" / "convert_model.py") | {"app/__init__.py"} <= copied
+    needed = _app_imports(ROOT / script) | {"app/__init__.py"}
+    if script.startswith("app/"):
+        needed.add(script)
+    assert needed <= copied
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
@@ -207,6 +232,8 @@ def _dockerignore() -> list[str]:
         ("docker/convert_model.py", False),
         ("docker/compile_bytecode.py", False),
         ("docker/requirements-modelscope.txt", False),
+        ("docker/requirements-onnx.txt", False),
+        ("docker/image_probe.py", True),
         ("app/__pycache__/server.cpython-311.pyc", True),
         ("tests/app/test_server.py", True),
         (".venv/bin/python", True),
