@@ -80,7 +80,13 @@ ls "$WORK"/wheels/torch-*+cpu-*.whl >/dev/null 2>&1 \
 
 # ---- the model context: a tiny random checkpoint in the ModelScope layout ----------------------
 rm -rf "$WORK/model"
-"$PY" -m app.random_checkpoint --size tiny --seed 0 --out "$WORK/model" >/dev/null
+"$PY" -m app.random_checkpoint --size tiny --seed 4 --out "$WORK/model" >/dev/null
+# What the containers must answer: the host's own pipeline on the same checkpoint.
+export TEXT="小林上周在杭州参加了一场关于人工智能的会议，会后去了上海。"
+export SCHEMA='{"人物": null, "地点": null, "组织机构": null}'
+EXPECTED="$("$PY" -m app predict --model-path "$WORK/model" --text "$TEXT" --schema "$SCHEMA")"
+export EXPECTED
+log "the host's pipeline answers: $EXPECTED"
 # fp32 weight bytes of the full-size model (the published checkpoint's architecture), for the
 # projected size: image size - tiny checkpoint's weights + full checkpoint's weights.
 full="$("$PY" -c '
