@@ -66,6 +66,9 @@ class OnnxBackend:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = int(threads or os.cpu_count() or 1)
         options.inter_op_num_threads = 1
+        # Idle worker threads sleep instead of spinning: spinning burns a pod's CPU quota and,
+        # on a busy node, steals the core the other thread waits for (measured: 2x slower).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         self.encoder = ort.InferenceSession(str(encoder_path), options, providers=providers)
         self.cross_session = ort.InferenceSession(str(cross_path), options, providers=providers)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import agreement, flops, loadgen, mix, report, stats
+from bench import agreement, flops, kernels, loadgen, mix, report, stats
 from bench.server import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,7 +137,12 @@ def run_config(config: Config, args, bodies, body_flops, examples, peak, log_dir
                 break
             before = server.batch_counts()
             samples = loadgen.run_open_loop(
-                server.base_url, bodies, rate, args.step_seconds, seed=int(rate * 1000)
+                server.base_url,
+                bodies,
+                rate,
+                args.step_seconds,
+                seed=int(rate * 1000),
+                timeout=args.timeout,
             )
             after = server.batch_counts()
             step = stats.summarise(samples, rate, args.step_seconds)
@@ -180,6 +185,13 @@ def parse_args(argv):
     p.add_argument("--common-rate", type=float, default=3.0, help="rate every config runs")
     p.add_argument("--max-rate", type=float, default=0.0, help="skip rates above this (0: none)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--timeout", type=float, default=15.0, help="client timeout per request (s)")
+    p.add_argument(
+        "--kernel-sweep",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure each backend's GFLOP/s by rows per call and threads (tuning)",
+    )
     return p.parse_args(argv)
 
 
@@ -212,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         "flops_per_body_gflop": [f / 1e9 for f in body_flops],
         "configs": [],
     }
+    if args.kernel_sweep:
+        print("backend kernels by rows per call and threads ...", flush=True)
+        kinds = [c.env["BACKEND"] for c in configs if c.name != "baseline"] or ["torch"]
+        threads = sorted({1, args.threads})
+        results["kernels"] = kernels.sweep(str(args.model), kinds, threads_list=threads)
     log_dir = args.out / "logs"
     reference = None
     for config in configs:

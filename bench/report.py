@@ -66,6 +66,20 @@ def summary_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def kernels_table(results: dict) -> str:
+    peak = results["machine"]["matmul_peak_gflops"]
+    lines = [
+        "| backend | threads | rows per call | ms per call | model GFLOP/s | % of fp32 peak |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k in results.get("kernels", []):
+        lines.append(
+            f"| {k['kind']} | {k['threads']} | {k['rows']} | {k['seconds'] * 1000:.0f} | "
+            f"{k['gflops']:.0f} | {100 * k['gflops'] / peak:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown(results: dict) -> str:
     machine = results["machine"]
     head = [
@@ -87,6 +101,14 @@ def markdown(results: dict) -> str:
         steps_table(results),
         "",
     ]
+    if results.get("kernels"):
+        head += [
+            "## Backends by rows per call and threads (encode + score of 64-token texts with "
+            "an 8-token prompt)",
+            "",
+            kernels_table(results),
+            "",
+        ]
     return "\n".join(head)
 
 
