@@ -24,6 +24,7 @@ REJECT_REASONS = (
     "body_too_large",
     "too_many_items",
     "invalid_request",
+    "too_complex",
 )
 INFERENCE_STAGES = ("tokenize", "encode", "score", "decode")
 

@@ -9,6 +9,7 @@ true once it answers, false again from the moment a shutdown starts.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import re
@@ -32,7 +33,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
-from app.batching import Batcher, Job, NotAccepting, Overloaded
+from app.batching import Batcher, Job, NotAccepting, Overloaded, TooComplex
 from app.errors import InputError, SchemaError, UninluError
 from app.logging import ACCESS_LOGGER, configure_logging, request_id_var
 from app.metrics import Metrics
@@ -79,6 +80,7 @@ _REJECT_REASON = {
     "invalid_request": "invalid_request",
     "invalid_schema": "invalid_request",
     "invalid_json": "invalid_request",
+    "too_complex": "too_complex",
 }
 
 
@@ -165,6 +167,7 @@ async def _load_and_warm_up(state: ServerState, loader: Loader) -> None:
             batch_wait_ms=settings.batch_wait_ms,
             max_batch_requests=settings.max_batch_requests,
             max_queue=settings.max_queue,
+            max_prompt_rows=settings.max_prompt_rows,
             metrics=metrics,
         )
         batcher.start()
@@ -218,7 +221,7 @@ def _warmup_jobs(settings: Settings) -> list[Job]:
 
 _ERRORS = {
     413: {"model": ErrorResponse, "description": "Text, body or batch too large"},
-    422: {"model": ErrorResponse, "description": "Invalid body or schema"},
+    422: {"model": ErrorResponse, "description": "Invalid body or schema, or too complex"},
     429: {"model": ErrorResponse, "description": "Overloaded; retry after `Retry-After` s"},
     503: {"model": ErrorResponse, "description": "Not ready yet, or shutting down"},
 }
@@ -292,11 +295,29 @@ def _to_job(body: PredictRequest, settings: Settings, where: str) -> Job:
             "text_too_long",
             f"{where}text has {len(body.text)} characters; the limit is {settings.max_text_chars}",
         )
+    if not _is_unicode(body.text):
+        raise ApiError(422, "invalid_request", f"{where}text is not valid Unicode (lone surrogate)")
     try:
         schema = parse_schema(body.schema_, settings.max_schema_depth, settings.max_schema_nodes)
     except SchemaError as err:
         raise ApiError(422, "invalid_schema", f"{where}{err}") from None
+    if not _is_unicode(json.dumps(schema, ensure_ascii=False)):
+        raise ApiError(
+            422,
+            "invalid_schema",
+            f"{where}schema type names are not valid Unicode (lone surrogate)",
+        )
     return Job(body.text, schema, body.output_all_prefix)
+
+
+def _is_unicode(text: str) -> bool:
+    """JSON's \\ud800 escapes can smuggle lone surrogates into a str; the tokenizer cannot take
+    them, and they are user input, so they must be a 422, not a 500."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _count_nodes(schema: dict | None) -> int:
@@ -322,6 +343,8 @@ async def _run(state: ServerState, jobs: list[Job]) -> list[list]:
         ) from None
     except NotAccepting:
         raise ApiError(503, "shutting_down", "the server is shutting down") from None
+    except TooComplex as err:
+        raise ApiError(422, "too_complex", str(err)) from None
     except (SchemaError, InputError) as err:
         raise ApiError(422, "invalid_request", str(err)) from None
 

@@ -19,6 +19,7 @@ _POSITIVE = (
     "max_schema_depth",
     "max_body_bytes",
     "max_batch_items",
+    "max_prompt_rows",
     "max_batch_tokens",
     "max_batch_requests",
     "max_queue",
@@ -69,6 +70,12 @@ class Settings:
     )
     max_batch_items: int = _setting(
         32, "MAX_BATCH_ITEMS", "most items in one POST /predict/batch; more -> 413"
+    )
+    max_prompt_rows: int = _setting(
+        4096,
+        "MAX_PROMPT_ROWS",
+        "most prompt rows one request may run (types x text windows x spans found one level up); "
+        "a nested schema over a text with many spans can explode, more -> 422 too_complex",
     )
     max_batch_tokens: int = _setting(
         8192,

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from app.backend import load_backend
-from app.batching import Batcher, Job, NotAccepting, Overloaded
+from app.batching import Batcher, Job, NotAccepting, Overloaded, TooComplex
 from app.errors import InputError
 from app.metrics import Metrics
 from app.pipeline import Extraction, parse_schema, run_steps
@@ -206,3 +206,19 @@ def test_a_cancelled_waiter_releases_its_slot(model):
 
     result, admitted = asyncio.run(scenario())
     assert result == one_by_one(model, job) and admitted == 0
+
+
+def test_a_request_over_the_prompt_row_budget_is_stopped_alone(model):
+    batcher, _, _ = make(model, max_prompt_rows=40)
+    explosive = Job(TEXTS[0] * 6, parse_schema({"甲": {"乙": {"丙": None}}}))
+    small = jobs()[0]
+
+    async def scenario():
+        return await asyncio.gather(
+            batcher.predict(explosive), batcher.predict(small), return_exceptions=True
+        )
+
+    err, ok = asyncio.run(scenario())
+    assert isinstance(err, TooComplex) and "40 prompt rows" in str(err)
+    assert ok == one_by_one(model, small)
+    assert batcher.admitted == 0

@@ -165,6 +165,24 @@ def test_malformed_json_is_422(server, raw):
     assert error_of(response)["code"] in ("invalid_json", "invalid_request")
 
 
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (rb'{"text": "\ud800abc", "schema": {"a": null}}', "invalid_request"),
+        (rb'{"text": "abc", "schema": {"\udfff": null}}', "invalid_schema"),
+        (rb'{"text": "abc", "schema": "{\"a\": {\"\\ud800\": null}}"}', "invalid_schema"),
+        (rb'{"items": [{"text": "\ud800", "schema": {"a": null}}]}', "invalid_request"),
+    ],
+)
+def test_lone_surrogates_are_422_not_500(server, raw, code):
+    path = "/predict/batch" if raw.startswith(b'{"items"') else "/predict"
+    response = httpx.post(
+        server.url + path, content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert error_of(response)["code"] == code and "Unicode" in response.json()["error"]["message"]
+
+
 def test_too_large_inputs_are_413(server):
     long_text = post(server, "/predict", {"text": "长" * 401, "schema": {"a": None}})
     assert long_text.status_code == 413
@@ -200,6 +218,20 @@ def test_too_large_inputs_are_413(server):
         server.url + "/predict", content=chunks(), headers={"content-type": "application/json"}
     )
     assert streamed.status_code == 413 and error_of(streamed)["code"] == "body_too_large"
+
+
+def test_schema_that_explodes_over_many_spans_is_422_too_complex(server):
+    # The random checkpoint finds spans nearly everywhere, so every level multiplies the prompts;
+    # without MAX_PROMPT_ROWS this one request would hold the worker for minutes.
+    body = {
+        "text": "今天上午小林在杭州西湖边买了两杯龙井茶。" * 19,
+        "schema": {"甲": {"乙": {"丙": None}, "丁": {"戊": None}}, "己": {"庚": {"辛": None}}},
+    }
+    response = post(server, "/predict", body)
+    assert response.status_code == 422, response.text[:300]
+    err = error_of(response)
+    assert err["code"] == "too_complex" and "300 prompt rows" in err["message"]
+    assert post(server, "/predict", {"text": "今天", "schema": {"甲": None}}).status_code == 200
 
 
 def test_unknown_route_and_method_are_json(server):
