@@ -94,16 +94,24 @@ class ServerState:
     ready: bool = False
     draining: bool = False
     failed: BaseException | None = None
+    loop: asyncio.AbstractEventLoop | None = None
 
-    def begin_drain(self) -> None:
-        """Readiness 503 and no new predictions, at once (safe to call from a signal handler)."""
-        if not self.draining:
-            log.info("draining: /ready now answers 503 and new predictions are refused")
+    def begin_drain(self, from_signal: bool = False) -> None:
+        """Readiness 503 and no new predictions, at once. From a signal handler only flags are
+        set; the gauge and the log line (which take locks) follow on the event loop."""
+        first = not self.draining
         self.draining = True
         self.ready = False
-        self.metrics.model_ready.set(0)
         if self.batcher is not None:
             self.batcher.stop_admitting()
+        if first and from_signal and self.loop is not None:
+            self.loop.call_soon_threadsafe(self._announce_drain)
+        elif first:
+            self._announce_drain()
+
+    def _announce_drain(self) -> None:
+        self.metrics.model_ready.set(0)
+        log.info("draining: /ready now answers 503 and new predictions are refused")
 
 
 def default_loader(settings: Settings) -> tuple[Any, Any]:
@@ -126,6 +134,7 @@ def create_app(settings: Settings, loader: Loader = default_loader) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.loop = asyncio.get_running_loop()
         log.info("settings", extra={"settings": settings.describe()})
         loading = asyncio.create_task(_load_and_warm_up(state, loader))
         try:
@@ -543,7 +552,7 @@ class _DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if self.exit_after is None:
-            self.state.begin_drain()
+            self.state.begin_drain(from_signal=True)
             self.exit_after = time.monotonic() + self.state.settings.drain_delay_seconds
         super().handle_exit(sig, frame)
 
