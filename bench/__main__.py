@@ -65,6 +65,13 @@ def configurations(threads: int) -> list[Config]:
             ladder,
             True,
         ),
+        Config(
+            "onnx-int8-1t",
+            "ONNX Runtime dynamic int8, batching, 1 thread (tuning: leaves a core to HTTP)",
+            {**common, "BACKEND": "onnx-int8", "TORCH_THREADS": "1"},
+            ladder,
+            True,
+        ),
     ]
 
 
@@ -86,6 +93,7 @@ def machine_info(threads: int) -> dict:
         "avx2": " avx2" in flags,
         "avx512": " avx512f" in flags,
         "python": platform.python_version(),
+        "loadavg_at_start": os.getloadavg(),
         "matmul_peak_gflops": peak["gflops"],
         "matmul_peak_size": peak["size"],
         "matmul_peak_threads": threads,
@@ -167,6 +175,7 @@ def run_config(config: Config, args, bodies, body_flops, examples, peak, log_dir
         "description": config.description,
         "env": config.env,
         "ready_s": server.ready_s,
+        "loadavg_at_end": os.getloadavg(),
         "peak_rss_bytes": rss,
         "steps": steps,
         "max_under_slo": stats.max_rate_under_slo(steps, args.slo),
@@ -180,7 +189,7 @@ def parse_args(argv):
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--examples", default=None, help="examples.json (default: ../shared)")
     p.add_argument("--configs", default="", help="comma-separated subset of configuration names")
-    p.add_argument("--step-seconds", type=float, default=20.0, help="duration of each rate")
+    p.add_argument("--step-seconds", type=float, default=15.0, help="duration of each rate")
     p.add_argument("--slo", type=float, default=1.0, help="p95 latency bound in seconds")
     p.add_argument("--common-rate", type=float, default=3.0, help="rate every config runs")
     p.add_argument("--max-rate", type=float, default=0.0, help="skip rates above this (0: none)")
@@ -226,9 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.kernel_sweep:
         print("backend kernels by rows per call and threads ...", flush=True)
-        kinds = [c.env["BACKEND"] for c in configs if c.name != "baseline"] or ["torch"]
+        kinds = list(dict.fromkeys(c.env["BACKEND"] for c in configs)) or ["torch"]
         threads = sorted({1, args.threads})
-        results["kernels"] = kernels.sweep(str(args.model), kinds, threads_list=threads)
+        results["kernels"] = kernels.sweep(
+            str(args.model), kinds, rows_list=(1, 8), threads_list=threads
+        )
     log_dir = args.out / "logs"
     reference = None
     for config in configs:

@@ -90,7 +90,9 @@ def markdown(results: dict) -> str:
         f"{results['step_seconds']:g} s per offered rate (Poisson arrivals).",
         f"Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), "
         f"fp32 matmul peak {machine['matmul_peak_gflops']:.0f} GFLOP/s "
-        f"({machine['matmul_peak_threads']} threads).",
+        f"({machine['matmul_peak_threads']} threads); load average at start "
+        f"{_num((machine.get('loadavg_at_start') or [None])[0], '.2f')} (other processes "
+        "on the machine slow every figure).",
         "",
         "## Summary",
         "",
