@@ -37,6 +37,30 @@ class Backend(Protocol):
         ...
 
 
+# Padding budget per executed batch: rows are grouped by length so that padding every group to
+# its longest row adds at most this share of extra tokens (mixed batches from the batcher would
+# otherwise pad short texts to the longest window).
+PAD_WASTE = 0.25
+
+
+def length_groups(lengths: list[int], waste: float = PAD_WASTE) -> list[list[int]]:
+    """Indices grouped by similar length, shortest first; within a group padding to the longest
+    member costs at most `waste` of the group's real tokens."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        n = lengths[i]
+        if current and n * (len(current) + 1) > (1 + waste) * (total + n):
+            groups.append(current)
+            current, total = [], 0
+        current.append(i)
+        total += n
+    if current:
+        groups.append(current)
+    return groups
+
+
 def _pad_ids(seqs: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) ids padded with 0 to the longest row, and the (B, T) bool mask of real tokens."""
     lengths = torch.tensor([len(s) for s in seqs])
@@ -60,37 +84,48 @@ class TorchBackend:
 
     @torch.inference_mode()
     def encode(self, windows: list[list[int]]) -> list[object]:
-        if not windows:
-            return []
-        ids, mask = _pad_ids(windows, self.device)
-        positions = torch.arange(ids.shape[1], device=self.device).expand_as(ids)
-        hidden = self.model.encode(ids, mask, token_type=0, position_ids=positions)
-        return [hidden[i, : len(w)] for i, w in enumerate(windows)]
+        states: list[object] = [None] * len(windows)
+        for group in length_groups([len(w) for w in windows]):
+            ids, mask = _pad_ids([windows[i] for i in group], self.device)
+            positions = torch.arange(ids.shape[1], device=self.device).expand_as(ids)
+            hidden = self.model.encode(ids, mask, token_type=0, position_ids=positions)
+            for k, i in enumerate(group):
+                states[i] = hidden[k, : len(windows[i])]
+        return states
 
     @torch.inference_mode()
     def score(self, rows: list[PromptRow]) -> list[tuple[np.ndarray, np.ndarray]]:
         if not rows:
             return []
+        # First half: all prompts at once (they are short and of similar length).
         ids, mask = _pad_ids([r.prompt_ids for r in rows], self.device)
         offsets = torch.tensor([r.position_offset for r in rows], device=self.device)
         positions = offsets[:, None] + torch.arange(ids.shape[1], device=self.device)[None, :]
         positions = positions.masked_fill(~mask, 0)  # padding: any valid index, it is masked
         prompts = self.model.encode(ids, mask, token_type=1, position_ids=positions)
-        # Pack each row as [its text ; its prompt] with no padding in between; attention in the
-        # cross stack has no position terms, so only the masked padding at the end differs
-        # from ModelScope's [padded text ; padded prompt] layout, and it is never attended.
+        # Cross half: each row packed as [its text ; its prompt] with no padding in between.
+        # Attention in the cross stack has no position terms, so this equals ModelScope's
+        # [padded text ; padded prompt] layout up to masked padding, which is never attended.
         text_lens = [int(r.text_state.shape[0]) for r in rows]
-        prompt_lens = [len(r.prompt_ids) for r in rows]
-        packed = pad_sequence(
-            [torch.cat((r.text_state, prompts[i, : prompt_lens[i]])) for i, r in enumerate(rows)],
-            batch_first=True,
-        )
-        total = torch.tensor([t + p for t, p in zip(text_lens, prompt_lens, strict=True)])
-        cross_mask = (torch.arange(packed.shape[1])[None, :] < total[:, None]).to(self.device)
-        head, tail = self.model.cross(packed, cross_mask)
-        head = head.float().cpu().numpy()
-        tail = tail.float().cpu().numpy()
-        return [(head[i, :n].copy(), tail[i, :n].copy()) for i, n in enumerate(text_lens)]
+        totals = [t + len(r.prompt_ids) for t, r in zip(text_lens, rows, strict=True)]
+        results: list = [None] * len(rows)
+        for group in length_groups(totals):
+            packed = pad_sequence(
+                [
+                    torch.cat((rows[i].text_state, prompts[i, : len(rows[i].prompt_ids)]))
+                    for i in group
+                ],
+                batch_first=True,
+            )
+            lengths = torch.tensor([totals[i] for i in group])
+            cross_mask = torch.arange(packed.shape[1])[None, :] < lengths[:, None]
+            head, tail = self.model.cross(packed, cross_mask.to(self.device))
+            head = head.float().cpu().numpy()
+            tail = tail.float().cpu().numpy()
+            for k, i in enumerate(group):
+                n = text_lens[i]
+                results[i] = (head[k, :n].copy(), tail[k, :n].copy())
+        return results
 
 
 def resolve_device(device: str = "auto") -> torch.device:

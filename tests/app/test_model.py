@@ -9,7 +9,7 @@ import torch
 from transformers import BertConfig, BertModel
 from transformers.models.bert.modeling_bert import BertEncoder
 
-from app.backend import TorchBackend, load_backend
+from app.backend import TorchBackend, length_groups, load_backend
 from app.errors import CheckpointError
 from app.model import load_model, load_tokenizer
 from app.pipeline import PromptRow, split_windows, tokenize_text
@@ -312,3 +312,21 @@ def test_batched_execution_equals_one_by_one(backend_and_tokenizer):
         assert head.shape == head1.shape == (row.text_state.shape[0],)
         np.testing.assert_allclose(head, head1, atol=1e-5)
         np.testing.assert_allclose(tail, tail1, atol=1e-5)
+
+
+def test_length_groups_bound_padding_and_cover_every_row():
+    lengths = [384, 12, 57, 60, 384, 200, 13, 58, 1]
+    groups = length_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        sizes = [lengths[i] for i in group]
+        assert len(group) == 1 or max(sizes) * len(sizes) <= 1.25 * sum(sizes)
+    assert any({2, 3, 7} <= set(g) for g in groups)  # 57, 58, 60 tokens: one batch
+    assert not any({0, 1} <= set(g) for g in groups)  # 384 and 12 tokens: never padded together
+    assert length_groups([]) == []
+
+
+def test_cuda_requested_without_cuda_is_a_clear_error(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        load_backend(tiny_model_dir, device="cuda")
