@@ -42,7 +42,7 @@ def test_overload_gets_429_at_once_and_accepted_work_is_answered(server, start_s
     poller = threading.Thread(target=_poll_metric, args=(busy, "uninlu_queue_depth", stop, depths))
     poller.start()
     try:
-        responses = asyncio.run(_fire(busy.url, 40, HEAVY))
+        responses = asyncio.run(_fire(busy.url, 60, HEAVY))
     finally:
         stop.set()
         poller.join()
@@ -69,16 +69,18 @@ def test_overload_gets_429_at_once_and_accepted_work_is_answered(server, start_s
 def test_sigterm_during_load_drains_without_failing_admitted_requests(server, start_server):
     reference = httpx.post(server.url + "/predict", json=HEAVY, timeout=60).json()
     draining = start_server(DRAIN_DELAY_SECONDS="1", MAX_BATCH_REQUESTS="2")
-    n = 6
+    n = 8
     results: list = []
     worker = threading.Thread(
         target=lambda: results.extend(asyncio.run(_fire(draining.url, n, HEAVY)))
     )
     worker.start()
     deadline = time.monotonic() + 60
-    while draining.value(draining.metrics(), "uninlu_queue_depth") < n:  # all admitted
-        assert time.monotonic() < deadline, "the requests were never all admitted"
-        time.sleep(0.02)
+    admitted = 0.0
+    while admitted < 2:  # SIGTERM while several requests are admitted and unfinished
+        assert worker.is_alive() and time.monotonic() < deadline, "no load to interrupt"
+        admitted = draining.value(draining.metrics(), "uninlu_queue_depth")
+        time.sleep(0.01)
 
     draining.terminate()
     ready_seen: list[int] = []
@@ -98,8 +100,15 @@ def test_sigterm_during_load_drains_without_failing_admitted_requests(server, st
     assert 503 in ready_seen and 200 not in ready_seen  # readiness flipped at once, before exit
     assert refused_new in ([503], [])  # new work after SIGTERM is refused, not queued
     assert len(results) == n
-    assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in results), results
-    assert all(r.json() == reference for r in results)
+    assert all(isinstance(r, httpx.Response) for r in results), results
+    done = [r for r in results if r.status_code == 200]
+    refused = [r for r in results if r.status_code != 200]
+    # Every request admitted before SIGTERM was answered in full; later ones were refused cleanly.
+    assert len(done) >= admitted
+    assert all(r.json() == reference for r in done)
+    assert all(
+        r.status_code == 503 and r.json()["error"]["code"] == "shutting_down" for r in refused
+    )
     messages = [r.get("message", "") for r in draining.log_records()]
     drain_at = next(i for i, m in enumerate(messages) if m.startswith("draining"))
     finished_at = next(i for i, m in enumerate(messages) if m.startswith("Finished server process"))
