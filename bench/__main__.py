@@ -100,6 +100,10 @@ def machine_info(threads: int) -> dict:
     }
 
 
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.is_file() else 0.0
+
+
 def ensure_model(model: Path, need_onnx: bool) -> dict:
     """Make the full-size random checkpoint and its ONNX graphs when missing (timed)."""
     made = {}
@@ -111,7 +115,9 @@ def ensure_model(model: Path, need_onnx: bool) -> dict:
             cwd=REPO,
         )
         made["checkpoint_s"] = time.perf_counter() - start
-    if need_onnx and not (model / "onnx" / "cross.int8.onnx").is_file():
+    graph = model / "onnx" / "cross.int8.onnx"
+    weights = max((model / n for n in ("pytorch_model.bin", "model.safetensors")), key=_mtime)
+    if need_onnx and _mtime(graph) < _mtime(weights):  # missing, or older than the checkpoint
         start = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "app.export_onnx", "--model-path", str(model), "--int8"],
