@@ -126,12 +126,21 @@ def plot(results: dict, path: Path) -> None:
         ax.plot(
             x, [s["p50_s"] for s in steps], ls="--", marker=".", color=line.get_color(), alpha=0.6
         )
+        for s in steps:  # label each point with its offered rate
+            ax.annotate(
+                f"{s['offered_rps']:g}",
+                (s["throughput_rps"], s["p95_s"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+                color=line.get_color(),
+            )
     ax.axhline(
         results["slo_p95_s"], color="grey", ls=":", label=f"SLO p95 {results['slo_p95_s']:g} s"
     )
     ax.set_yscale("log")
     ax.set_xlabel("throughput (successful requests/s)")
-    ax.set_ylabel("latency (s); solid p95, dashed p50")
+    ax.set_ylabel("latency (s); solid p95, dashed p50; labels: offered r/s")
     ax.set_title("uninlu: latency against throughput (single-level mix)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
