@@ -187,9 +187,18 @@ class Batcher:
                     t.gen = None
                     self._resolve(t, None, None)
             active = [t for t in active if t.gen is not None]
-            if active:
+            if not active:
+                continue
+            try:
                 self._round(active)
-                active = [t for t in active if t.gen is not None]
+            except Exception as err:  # a bug here must not leave every waiter hanging
+                log.exception("inference round failed; failing its %d requests", len(active))
+                for t in active:
+                    if t.gen is not None:
+                        t.gen.close()
+                        t.gen = None
+                        self._resolve(t, None, err)
+            active = [t for t in active if t.gen is not None]
 
     def _take(self, n_active: int) -> list[_Task] | None:
         """New tasks for the next round (None: stop). Blocks while there is nothing to do; an

@@ -12,7 +12,7 @@ from app.backend import load_backend
 from app.batching import Batcher, Job, NotAccepting, Overloaded, TooComplex
 from app.errors import InputError
 from app.metrics import Metrics
-from app.pipeline import Extraction, parse_schema, run_steps
+from app.pipeline import EncodeText, Extraction, parse_schema, run_steps
 
 TEXTS = [
     "今天上午，小林在杭州西湖边买了两杯龙井茶。",
@@ -222,3 +222,36 @@ def test_a_request_over_the_prompt_row_budget_is_stopped_alone(model):
     assert isinstance(err, TooComplex) and "40 prompt rows" in str(err)
     assert ok == one_by_one(model, small)
     assert batcher.admitted == 0
+
+
+def test_a_broken_step_fails_its_round_and_the_worker_survives(model):
+    backend, tokenizer = model
+
+    class Broken:
+        def __init__(self, tokenizer, text, schema, output_all_prefix=False):
+            self.real = Extraction(tokenizer, text, schema, output_all_prefix)
+            self.text = text
+
+        def steps(self):
+            if self.text == "broken":
+                yield EncodeText(None)  # not a list: the round itself fails
+            return (yield from self.real.steps())
+
+    batcher = Batcher(
+        backend,
+        tokenizer,
+        max_batch_tokens=8192,
+        batch_wait_ms=0,
+        max_batch_requests=8,
+        max_queue=8,
+        extraction_factory=Broken,
+    )
+    batcher.start()
+    good = jobs()[0]
+
+    async def scenario():
+        with pytest.raises(TypeError):
+            await batcher.predict(Job("broken", parse_schema({"人物": None})))
+        return await batcher.predict(good)
+
+    assert asyncio.run(scenario()) == one_by_one(model, good)
