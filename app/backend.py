@@ -15,6 +15,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from app.model import SiameseUniNLU, load_model, load_tokenizer
+from app.padding import length_groups
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -35,30 +36,6 @@ class Backend(Protocol):
         """Prompts through the first half, then [text ; prompt] through the cross stack; per row
         the (head, tail) float32 logits of the text tokens, padding stripped."""
         ...
-
-
-# Padding budget per executed batch: rows are grouped by length so that padding every group to
-# its longest row adds at most this share of extra tokens (mixed batches from the batcher would
-# otherwise pad short texts to the longest window).
-PAD_WASTE = 0.25
-
-
-def length_groups(lengths: list[int], waste: float = PAD_WASTE) -> list[list[int]]:
-    """Indices grouped by similar length, shortest first; within a group padding to the longest
-    member costs at most `waste` of the group's real tokens."""
-    groups: list[list[int]] = []
-    current: list[int] = []
-    total = 0
-    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
-        n = lengths[i]
-        if current and n * (len(current) + 1) > (1 + waste) * (total + n):
-            groups.append(current)
-            current, total = [], 0
-        current.append(i)
-        total += n
-    if current:
-        groups.append(current)
-    return groups
 
 
 def _pad_ids(seqs: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.errors import CheckpointError
+from app.padding import length_groups
 
 if TYPE_CHECKING:
     from app.pipeline import PromptRow
@@ -85,12 +86,14 @@ class OnnxBackend:
         return self.encoder.run(["states"], feeds)[0]
 
     def encode(self, windows: list[list[int]]) -> list[object]:
-        if not windows:
-            return []
-        ids, mask, lengths = _pad(windows)
-        positions = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
-        states = self._encode(ids, mask, 0, positions)
-        return [states[i, :n].copy() for i, n in enumerate(lengths)]
+        out: list[object] = [None] * len(windows)
+        for group in length_groups([len(w) for w in windows]):  # little padding per call
+            ids, mask, lengths = _pad([windows[i] for i in group])
+            positions = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
+            states = self._encode(ids, mask, 0, positions)
+            for k, i in enumerate(group):
+                out[i] = states[k, : lengths[k]].copy()
+        return out
 
     def score(self, rows: list[PromptRow]) -> list[tuple[np.ndarray, np.ndarray]]:
         if not rows:
@@ -100,23 +103,26 @@ class OnnxBackend:
         positions = offsets[:, None] + np.arange(ids.shape[1], dtype=np.int64)[None, :]
         positions = np.where(mask.astype(bool), positions, 0)  # padding: any valid index
         prompts = self._encode(ids, mask, 1, positions)
-        # [text ; prompt] packed without a gap, as the torch backend does.
+        # [text ; prompt] packed without a gap, as the torch backend does, in length groups.
         text_lens = [int(r.text_state.shape[0]) for r in rows]
-        totals = np.array([t + p for t, p in zip(text_lens, prompt_lens, strict=True)])
-        hidden = prompts.shape[2]
-        packed = np.zeros((len(rows), int(totals.max()), hidden), dtype=np.float32)
-        for i, row in enumerate(rows):
-            t = text_lens[i]
-            packed[i, :t] = row.text_state
-            packed[i, t : totals[i]] = prompts[i, : prompt_lens[i]]
-        cross_mask = (np.arange(packed.shape[1])[None, :] < totals[:, None]).astype(np.int64)
-        head, tail = self.cross_session.run(
-            ["head", "tail"], {"states": packed, "attention_mask": cross_mask}
-        )
-        return [
-            (head[i, :n].astype(np.float32), tail[i, :n].astype(np.float32))
-            for i, n in enumerate(text_lens)
-        ]
+        totals = [t + int(p) for t, p in zip(text_lens, prompt_lens, strict=True)]
+        results: list = [None] * len(rows)
+        for group in length_groups(totals):
+            width = max(totals[i] for i in group)
+            packed = np.zeros((len(group), width, prompts.shape[2]), dtype=np.float32)
+            for k, i in enumerate(group):
+                t = text_lens[i]
+                packed[k, :t] = rows[i].text_state
+                packed[k, t : totals[i]] = prompts[i, : prompt_lens[i]]
+            lengths = np.array([totals[i] for i in group])
+            cross_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+            head, tail = self.cross_session.run(
+                ["head", "tail"], {"states": packed, "attention_mask": cross_mask}
+            )
+            for k, i in enumerate(group):
+                n = text_lens[i]
+                results[i] = (head[k, :n].astype(np.float32), tail[k, :n].astype(np.float32))
+        return results
 
 
 def load_tokenizer(model_dir: Path):
