@@ -139,7 +139,8 @@ model = os.environ["MODEL_PATH"]
 bad += ["pytorch_model.bin"] if os.path.exists(os.path.join(model, "pytorch_model.bin")) else []
 if os.environ.get("BACKEND", "torch").startswith("onnx"):
     bad += ["torch"] if importlib.util.find_spec("torch") else []
-    weights = os.path.join(model, "onnx", "encoder.onnx")
+    onnx = os.path.join(model, "onnx")
+    weights = os.path.join(onnx, sorted(os.listdir(onnx))[0]) if os.path.isdir(onnx) else onnx
 else:
     weights = os.path.join(model, "model.safetensors")
 bad += [] if os.path.isfile(weights) else [f"no {weights}"]

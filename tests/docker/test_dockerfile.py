@@ -125,7 +125,8 @@ def test_runtime_holds_only_venv_model_app_and_bytecode(target, deps, model, byt
 
 
 def test_the_onnx_runtime_selects_the_onnx_backend():
-    assert ("ENV", "BACKEND=onnx") in _runtime("runtime-onnx")
+    assert ("ARG", "ONNX_BACKEND=onnx") in _runtime("runtime-onnx")
+    assert ("ENV", "BACKEND=${ONNX_BACKEND}") in _runtime("runtime-onnx")
 
 
 @pytest.mark.parametrize("target", ["runtime", "runtime-onnx"])
