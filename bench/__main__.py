@@ -185,6 +185,9 @@ def run_config(config: Config, args, bodies, body_flops, examples, peak, log_dir
         "peak_rss_bytes": rss,
         "steps": steps,
         "max_under_slo": stats.max_rate_under_slo(steps, args.slo),
+        "server_errors_5xx": sum(
+            n for s in steps for kind, n in s["errors_by_kind"].items() if kind.startswith("5")
+        ),
         "outputs": outputs,
     }
 
@@ -247,16 +250,18 @@ def main(argv: list[str] | None = None) -> int:
             str(args.model), kinds, rows_list=(1, 8), threads_list=threads
         )
     log_dir = args.out / "logs"
-    reference = None
+    reference = None  # outputs of the first fp32 torch configuration
     for config in configs:
         result = run_config(
             config, args, bodies, body_flops, examples, machine["matmul_peak_gflops"], log_dir
         )
-        if reference is None:
+        if reference is None and config.env["BACKEND"] == "torch":
             reference = result["outputs"]
             result["agreement"] = {"summary": "reference"}
-        else:
+        elif reference is not None:
             result["agreement"] = agreement.compare(reference, result["outputs"])
+        else:
+            result["agreement"] = {"summary": "no fp32 torch configuration ran first"}
         results["configs"].append(result)
         report.write_all(results, args.out)  # partial results survive an interrupted run
     results["total_s"] = time.perf_counter() - started

@@ -48,8 +48,8 @@ def summary_table(results: dict) -> str:
     lines = [
         f"| config | max r/s with p95 <= {results['slo_p95_s']:g} s and no error | "
         f"p95 ms at {_num(common, 'g')} r/s | start-up to ready s | peak RSS MiB | "
-        "best % of matmul peak | output agreement vs torch fp32 |",
-        "|---|---|---|---|---|---|---|",
+        "best % of matmul peak | 5xx answers | output agreement vs torch fp32 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for config in results["configs"]:
         best = config.get("max_under_slo")
@@ -61,7 +61,7 @@ def summary_table(results: dict) -> str:
             f"{_ms(at_common['p95_s']) if at_common else '-'} | {_num(config.get('ready_s'))} | "
             f"{_num(config.get('peak_rss_bytes', 0) / 2**20, '.0f')} | "
             f"{_num(max(utilisation, default=None))}"
-            f" | {agreement.get('summary', '-')} |"
+            f" | {config.get('server_errors_5xx', '-')} | {agreement.get('summary', '-')} |"
         )
     return "\n".join(lines)
 
