@@ -69,6 +69,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
         )
         self.statuses_before_ready: list[tuple[int, int]] = []  # (/health, /ready)
+        self.predict_before_ready: tuple[int, str] | None = None  # (status, error code)
 
     def wait_ready(self, timeout: float = 120) -> ServerProcess:
         deadline = time.monotonic() + timeout
@@ -84,6 +85,11 @@ class ServerProcess:
             if ready == 200:
                 return self
             self.statuses_before_ready.append((health, ready))
+            if self.predict_before_ready is None:
+                early = httpx.post(
+                    self.url + "/predict", json={"text": "早", "schema": {"a": None}}
+                )
+                self.predict_before_ready = (early.status_code, early.json()["error"]["code"])
             time.sleep(0.1)
         raise RuntimeError(f"server not ready after {timeout}s:\n{self.logs()}")
 

@@ -35,6 +35,7 @@ def test_liveness_readiness_and_pages(server):
     # The port opened before the model was loaded: /ready said 503 meanwhile, /health 200.
     assert server.statuses_before_ready, "the server was never seen loading"
     assert all(health == 200 and ready == 503 for health, ready in server.statuses_before_ready)
+    assert server.predict_before_ready == (503, "not_ready")
     page = httpx.get(server.url + "/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "/static/app.js" in page.text
