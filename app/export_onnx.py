@@ -123,8 +123,23 @@ def _check(module: nn.Module, args: tuple, names: tuple, path: Path, atol: float
     return diff
 
 
+def _pointer_heads(path: Path) -> list[str]:
+    """MatMul nodes with a single output column: the head/tail pointer heads. They stay fp32
+    (as in app/quantize.py): they decide the spans and cost almost nothing."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    shapes = {init.name: tuple(init.dims) for init in graph.initializer}
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type == "MatMul" and shapes.get(node.input[1], (0,))[-1] == 1
+    ]
+
+
 def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8: weights of MatMul/Gemm quantised per channel, activations per batch."""
+    """Dynamic int8: weights of MatMul/Gemm quantised per channel, activations per batch;
+    the pointer heads stay fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
@@ -133,6 +148,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
         weight_type=QuantType.QInt8,
         per_channel=True,
         op_types_to_quantize=["MatMul", "Gemm"],
+        nodes_to_exclude=_pointer_heads(src),
     )
 
 

@@ -110,6 +110,21 @@ def test_agreement_with_torch_fp32_on_the_examples(
     assert matched / union >= min_share, f"{matched}/{union} spans identical"
 
 
+def test_int8_graphs_keep_the_pointer_heads_fp32(onnx_model_dir):
+    import onnx
+
+    from app.onnx_backend import graph_paths
+
+    _, cross = graph_paths(onnx_model_dir / ONNX_DIR, int8=True)
+    graph = onnx.load(str(cross)).graph
+    weights = {init.name: tuple(init.dims) for init in graph.initializer}
+    fp32 = [
+        weights[n.input[1]] for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights
+    ]
+    assert sorted(fp32) == [(32, 1), (32, 1)]  # head and tail (hidden 32); the layers are int8
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in graph.node)
+
+
 def test_missing_graph_says_how_to_export(tiny_model_dir):
     with pytest.raises(CheckpointError, match=r"missing ONNX graph .*app\.export_onnx.*--int8"):
         load_onnx_backend(tiny_model_dir, int8=True)
