@@ -142,7 +142,8 @@ def probe_outputs(base_url: str, examples: list[dict]) -> dict[str, list]:
 def run_config(config: Config, args, bodies, body_flops, examples, peak, log_dir) -> dict:
     env = {"MODEL_PATH": str(args.model), "LOG_LEVEL": "WARNING", **config.env}
     print(f"\n== {config.name}: {config.description}", flush=True)
-    with ServerProcess(env, log_dir / f"{config.name}.log") as server:
+    # ONNX configurations run as the lean image does: torch cannot be imported.
+    with ServerProcess(env, log_dir / f"{config.name}.log", without_torch=config.onnx) as server:
         print(f"   ready after {server.ready_s:.1f} s", flush=True)
         outputs = probe_outputs(server.base_url, examples)
         steps = []

@@ -17,6 +17,12 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 BATCH_SIZE_METRIC = "uninlu_batch_size"
+# `python -m app` with torch made unimportable: what the lean ONNX image runs. Without this, the
+# installed torch is imported anyway (transformers loads it when present) and inflates the RSS.
+WITHOUT_TORCH = (
+    "import runpy, sys; sys.modules['torch'] = None; "
+    "runpy.run_module('app', run_name='__main__', alter_sys=True)"
+)
 
 
 def free_port() -> int:
@@ -54,12 +60,21 @@ class RssSampler(threading.Thread):
 class ServerProcess:
     """The server under test. `env` holds its settings (MODEL_PATH, BACKEND, ...)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, ready_timeout: float = 300.0):
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        ready_timeout: float = 300.0,
+        without_torch: bool = False,
+    ):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env, "PORT": str(self.port), "HOST": "127.0.0.1"}
         self.log_path = log_path
         self.ready_timeout = ready_timeout
+        self.command = [sys.executable] + (
+            ["-c", WITHOUT_TORCH] if without_torch else ["-m", "app"]
+        )
         self.proc: subprocess.Popen | None = None
         self.sampler: RssSampler | None = None
         self.ready_s: float | None = None
@@ -69,7 +84,7 @@ class ServerProcess:
         self._log = self.log_path.open("wb")
         start = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+            self.command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
         )
         self.sampler = RssSampler(self.proc.pid)
         self.sampler.start()
