@@ -64,6 +64,12 @@ def test_loadgen_refuses_non_loopback_targets():
         loadgen.run_open_loop("http://example.com", [{}], 1.0, 1.0)
 
 
+def test_bundled_examples_are_the_shared_ones():
+    if mix.DEFAULT_EXAMPLES.is_file():
+        assert mix.load_examples(mix.BUNDLED_EXAMPLES) == mix.load_examples(mix.DEFAULT_EXAMPLES)
+    assert mix.find_examples(str(mix.BUNDLED_EXAMPLES)) == mix.BUNDLED_EXAMPLES
+
+
 def test_single_level_mix_of_the_shared_examples():
     examples = mix.load_examples(mix.find_examples())
     bodies = mix.single_level_mix(examples)
