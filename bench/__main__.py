@@ -140,7 +140,13 @@ def probe_outputs(base_url: str, examples: list[dict]) -> dict[str, list]:
 
 
 def run_config(config: Config, args, bodies, body_flops, examples, peak, log_dir) -> dict:
-    env = {"MODEL_PATH": str(args.model), "LOG_LEVEL": "WARNING", **config.env}
+    # A short grace period: after an overloaded step nobody waits for the backlog.
+    env = {
+        "MODEL_PATH": str(args.model),
+        "LOG_LEVEL": "WARNING",
+        "GRACEFUL_SHUTDOWN_SECONDS": "2",
+        **config.env,
+    }
     print(f"\n== {config.name}: {config.description}", flush=True)
     # ONNX configurations run as the lean image does: torch cannot be imported.
     with ServerProcess(env, log_dir / f"{config.name}.log", without_torch=config.onnx) as server:
