@@ -35,7 +35,9 @@ def _poll_metric(server, name: str, stop: threading.Event, seen: list[float]) ->
 
 def test_overload_gets_429_at_once_and_accepted_work_is_answered(server, start_server):
     reference = httpx.post(server.url + "/predict", json=HEAVY, timeout=60).json()
-    busy = start_server(MAX_QUEUE="4", MAX_BATCH_ITEMS="4", MAX_BATCH_REQUESTS="2")
+    busy = start_server(
+        MAX_QUEUE="4", MAX_BATCH_ITEMS="4", MAX_BATCH_REQUESTS="2", LOG_REQUEST_TEXT="true"
+    )
     before = busy.metrics()
     depths: list[float] = []
     stop = threading.Event()
@@ -64,6 +66,9 @@ def test_overload_gets_429_at_once_and_accepted_work_is_answered(server, start_s
     assert rejected == len(refused)
     assert busy.value(after, "uninlu_queue_depth") == 0
     assert httpx.get(busy.url + "/ready").status_code == 200  # still serving afterwards
+    # LOG_REQUEST_TEXT=true (off by default) puts the text in the access line.
+    access = [r for r in busy.log_records() if r.get("logger") == "uninlu.access"]
+    assert any(r.get("text") == HEAVY["text"] for r in access)
 
 
 def test_sigterm_during_load_drains_without_failing_admitted_requests(server, start_server):
