@@ -2,7 +2,7 @@
 
 Thin on purpose: requests are validated and turned into batcher jobs; app/batching.py runs the
 model; errors of every kind become `{"error": {"code", "message"}}` in one place
-(`_install_error_handlers`). Readiness is a flag: false while the model loads and warms up,
+(app/http_errors.py). Readiness is a flag: false while the model loads and warms up,
 true once it answers, false again from the moment a shutdown starts.
 """
 
@@ -12,10 +12,8 @@ import asyncio
 import json
 import logging
 import math
-import re
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,19 +22,17 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.batching import Batcher, Job, NotAccepting, Overloaded, TooComplex
 from app.errors import InputError, SchemaError, UninluError
-from app.logging import ACCESS_LOGGER, configure_logging, request_id_var
+from app.http_errors import ApiError, error_response, install_error_handlers
+from app.logging import configure_logging
 from app.metrics import Metrics
+from app.middleware import BodyLimitMiddleware, ObservabilityMiddleware
 from app.pipeline import parse_schema
 from app.schemas import (
     BatchRequest,
@@ -50,38 +46,13 @@ from app.schemas import (
 from app.settings import Settings, SettingsError
 
 log = logging.getLogger("uninlu.server")
-access_log = logging.getLogger(ACCESS_LOGGER)
 
 STATIC_DIR = Path(__file__).parent / "static"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # Warm-up: a nested schema covers both pipeline levels, output_all_prefix the inner chains.
 _WARMUP_FLAT = {"人物": None, "地点": None, "组织机构": None}
 _WARMUP_NESTED = {"人物": {"地点": None, "时间": None}}
 
 Loader = Callable[[Settings], tuple[Any, Any]]
-
-
-class ApiError(Exception):
-    """An HTTP answer other than 200: status, machine code, human message, optional headers."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
-# The reason label of uninlu_rejected_total for each refusal code (bounded, see REJECT_REASONS).
-_REJECT_REASON = {
-    "overloaded": "queue_full",
-    "not_ready": "not_ready",
-    "shutting_down": "shutting_down",
-    "text_too_long": "text_too_long",
-    "body_too_large": "body_too_large",
-    "too_many_items": "too_many_items",
-    "invalid_request": "invalid_request",
-    "invalid_schema": "invalid_request",
-    "invalid_json": "invalid_request",
-    "too_complex": "too_complex",
-}
 
 
 @dataclass
@@ -154,10 +125,10 @@ def create_app(settings: Settings, loader: Loader = default_loader) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.uninlu = state
-    _install_error_handlers(app, state)
+    install_error_handlers(app, state.metrics, settings.max_body_bytes)
     _add_routes(app, state)
-    app.add_middleware(BodyLimitMiddleware, state=state)
-    app.add_middleware(ObservabilityMiddleware, state=state, routes=app.router.routes)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=state.metrics)
+    app.add_middleware(ObservabilityMiddleware, metrics=state.metrics, routes=app.router.routes)
     return app
 
 
@@ -261,7 +232,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         if state.ready:
             return ReadyResponse()
         code, message = _not_ready(state)
-        return _error_response(503, code, message)
+        return error_response(503, code, message)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -356,186 +327,6 @@ async def _run(state: ServerState, jobs: list[Job]) -> list[list]:
         raise ApiError(422, "too_complex", str(err)) from None
     except (SchemaError, InputError) as err:
         raise ApiError(422, "invalid_request", str(err)) from None
-
-
-# ------------------------------------------------------------------------------------ errors
-
-
-def _error_response(status: int, code: str, message: str, headers: dict | None = None):
-    body = ErrorResponse(error={"code": code, "message": message}).model_dump()
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _install_error_handlers(app: FastAPI, state: ServerState) -> None:
-    """The one place where failures become status codes."""
-
-    def reject(status: int, code: str, message: str, headers: dict | None = None):
-        reason = _REJECT_REASON.get(code)
-        if reason:
-            state.metrics.rejected.labels(reason).inc()
-        return _error_response(status, code, message, headers)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, err: ApiError) -> JSONResponse:
-        return reject(err.status, err.code, err.message, err.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_body(request: Request, err: RequestValidationError) -> JSONResponse:
-        problems = [_describe_validation(e) for e in err.errors()[:5]]
-        json_broken = any(e.get("type") == "json_invalid" for e in err.errors())
-        code = "invalid_json" if json_broken else "invalid_request"
-        return reject(422, code, "; ".join(problems) or "invalid request body")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        if err.status_code == 413:
-            limit = state.settings.max_body_bytes
-            return reject(413, "body_too_large", f"request body is larger than {limit} bytes")
-        if err.status_code == 400:  # the body could not be parsed at all (e.g. nested too deep)
-            return reject(422, "invalid_json", "request body is not valid JSON")
-        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
-        return _error_response(err.status_code, code, str(err.detail), err.headers)
-
-    @app.exception_handler(Exception)
-    async def server_fault(request: Request, err: Exception) -> JSONResponse:
-        log.error("unhandled error: %r", err, exc_info=err)
-        return _error_response(500, "internal_error", "internal server error")
-
-
-def _describe_validation(error: dict) -> str:
-    loc = [str(part) for part in error.get("loc", ()) if part != "body"]
-    where = ".".join(loc)
-    if error.get("type") == "json_invalid":
-        return f"body is not valid JSON: {error.get('ctx', {}).get('error', 'decode error')}"
-    if error.get("type") == "missing":
-        return f"{where} is required"
-    if error.get("type") == "extra_forbidden":
-        return f"unknown field {where}"
-    msg = error.get("msg", "is invalid")
-    return f"{where}: {msg}" if where else msg
-
-
-# ------------------------------------------------------------------------------------ middleware
-
-
-class BodyTooLarge(StarletteHTTPException):
-    """Raised from `receive` when the streamed body passes the limit; FastAPI re-raises HTTP
-    exceptions met while reading the body, so it reaches the JSON error handler."""
-
-    def __init__(self) -> None:
-        super().__init__(413, "request body too large")
-
-
-class BodyLimitMiddleware:
-    """Pure ASGI: refuse bodies over MAX_BODY_BYTES, by Content-Length before reading anything,
-    and by counting the bytes of bodies streamed without (or with a lying) Content-Length.
-    (FastAPI's own max_body_size answers in plain text, bypassing our error format.)"""
-
-    def __init__(self, app: ASGIApp, state: ServerState):
-        self.app = app
-        self.state = state
-        self.limit = state.settings.max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            self.state.metrics.rejected.labels("body_too_large").inc()
-            message = f"request body is larger than {self.limit} bytes"
-            await _error_response(413, "body_too_large", message)(scope, receive, send)
-            return
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge()
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value.decode("latin-1")
-    return None
-
-
-class ObservabilityMiddleware:
-    """Pure ASGI: request id, in-flight gauge, request counter and duration by route template,
-    and the access log line; once per HTTP request, whatever the outcome."""
-
-    def __init__(self, app: ASGIApp, state: ServerState, routes: list):
-        self.app = app
-        self.state = state
-        self.routes = routes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        metrics = self.state.metrics
-        started = time.perf_counter()
-        rid = _request_id(scope)
-        token = request_id_var.set(rid)
-        status = 500
-        metrics.inflight.inc()
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            metrics.inflight.dec()
-            elapsed = time.perf_counter() - started
-            route = self._template(scope)
-            metrics.requests_total.labels(route, scope["method"], str(status)).inc()
-            metrics.request_duration.labels(route).observe(elapsed)
-            info = scope.get("state", {})
-            extra = {
-                "request_id": rid,
-                "method": scope["method"],
-                "route": route,
-                "path": scope.get("path", ""),
-                "status": status,
-                "duration_ms": round(elapsed * 1000, 2),
-            }
-            for key in ("text_chars", "schema_nodes", "items", "text"):
-                if key in info:
-                    extra[key] = info[key]
-            access_log.info("request", extra=extra)
-            request_id_var.reset(token)
-
-    def _template(self, scope: Scope) -> str:
-        """The matched route's path template (bounded label values), also for requests refused
-        before routing; anything else is `unmatched`."""
-        route = scope.get("route")
-        if route is None:
-            for candidate in self.routes:
-                match, _ = candidate.matches(scope)
-                if match is Match.FULL:
-                    route = candidate
-                    break
-        return getattr(route, "path", None) or "unmatched"
-
-
-def _request_id(scope: Scope) -> str:
-    candidate = _header(scope, b"x-request-id")
-    if candidate is not None and _REQUEST_ID.match(candidate):
-        return candidate
-    return uuid.uuid4().hex
 
 
 # ------------------------------------------------------------------------------------ serving
