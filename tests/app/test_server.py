@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 import httpx
@@ -264,8 +265,12 @@ def test_access_log_is_one_json_line_without_the_text(server):
         headers={"X-Request-ID": rid},
     )
     assert response.status_code == 200
-    lines = [r for r in server.log_records() if r.get("request_id") == rid]
-    access = [r for r in lines if r.get("logger") == "uninlu.access"]
+    for _ in range(100):  # the line is written just after the response went out
+        lines = [r for r in server.log_records() if r.get("request_id") == rid]
+        access = [r for r in lines if r.get("logger") == "uninlu.access"]
+        if access:
+            break
+        time.sleep(0.05)
     assert len(access) == 1, lines
     line = access[0]
     assert line["route"] == "/predict" and line["status"] == 200 and line["method"] == "POST"
