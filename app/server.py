@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import __version__
@@ -117,7 +118,8 @@ def create_app(settings: Settings, loader: Loader = default_loader) -> FastAPI:
                 await state.batcher.close(timeout=settings.graceful_shutdown_seconds)
             log.info("stopped")
 
-    app = FastAPI(
+    # FastAPIOffline serves /docs and /redoc from bundled files: clusters are often air-gapped.
+    app = FastAPIOffline(
         title="uninlu",
         version=__version__,
         summary="SiameseUniNLU: one model for NER, relations, events, sentiment, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 
@@ -43,6 +44,10 @@ def test_liveness_readiness_and_pages(server):
     assert httpx.get(server.url + "/static/app.js").status_code == 200
     docs = httpx.get(server.url + "/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # The docs page works offline: every script and stylesheet it loads is served by us.
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', docs.text)
+    assert assets and all(a.startswith("/") for a in assets), assets
+    assert all(httpx.get(server.url + a).status_code == 200 for a in assets)
     spec = httpx.get(server.url + "/openapi.json").json()
     for path in PREDICT_ROUTES:
         assert "requestBody" in spec["paths"][path]["post"]
