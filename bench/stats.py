@@ -36,6 +36,7 @@ def summarise(samples: list[Sample], offered_rate: float, duration: float) -> di
     return {
         "offered_rps": offered_rate,
         "sent": len(samples),
+        "arrival_rps": len(samples) / duration if duration > 0 else 0.0,
         "ok": len(ok),
         "errors": sum(errors.values()),
         "errors_by_kind": dict(errors),
