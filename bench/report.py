@@ -34,8 +34,8 @@ def steps_table(results: dict) -> str:
                     " (" + ", ".join(f"{k}: {v}" for k, v in step["errors_by_kind"].items()) + ")"
                 )
             lines.append(
-                f"| {config['name']} | {step['offered_rps']:g} | {step.get('arrival_rps', 0):.2f} | "
-                f"{step['throughput_rps']:.2f} | "
+                f"| {config['name']} | {step['offered_rps']:g} | "
+                f"{step.get('arrival_rps', 0):.2f} | {step['throughput_rps']:.2f} | "
                 f"{_ms(step['p50_s'])} | {_ms(step['p95_s'])} | {_ms(step['p99_s'])} | {errors} | "
                 f"{_num(step.get('mean_batch_size'))} | {_num(step.get('model_gflops'))} | "
                 f"{_num(step.get('flop_utilisation_pct'))} |"
