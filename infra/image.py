@@ -19,15 +19,20 @@ DOCKERFILE = "docker/Dockerfile"
 # same name replaces that stage with a local directory.
 MODEL_CONTEXT = "model"
 CACHE_TAG = "buildcache"
+# Dockerfile targets per image.runtime: the ONNX image ships no torch.
+TARGETS = {"onnx": "runtime-onnx", "onnx-int8": "runtime-onnx", "torch": "runtime"}
 
 
 def build_args(image: ImageSettings, model: ModelSource) -> dict[str, str]:
-    """The Dockerfile's ARGs: which checkpoint to download and which torch wheel index to use.
+    """The Dockerfile's ARGs: which checkpoint to download, which torch wheel index to use (the
+    ONNX export stage needs torch too) and which ONNX graphs the lean runtime serves.
 
     A local checkpoint needs no ModelScope args: the `model` named context replaces the stage
     that downloads it.
     """
     args = {"TORCH_INDEX_URL": image.torch_index_url}
+    if image.runtime != "torch":
+        args["ONNX_BACKEND"] = image.runtime
     if model.source == "modelscope":
         args |= {"MODELSCOPE_MODEL_ID": model.id, "MODELSCOPE_REVISION": model.revision}
     return args
@@ -95,6 +100,7 @@ class InferenceImage(pulumi.ComponentResource):
             context=build_context(model),
             dockerfile=docker_build.DockerfileArgs(location=DOCKERFILE),
             build_args=build_args(image, model),
+            target=TARGETS[image.runtime],
             tags=[f"{image.name}:{image.tag}"],
             push=True,
             platforms=[docker_build.Platform(platform) for platform in image.platforms],

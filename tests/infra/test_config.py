@@ -100,6 +100,14 @@ CASES = {
         {"overrides": with_changes("monitoring", prometheusUrl=None)},
         ["uninlu:monitoring", "needs a Prometheus: set prometheusUrl"],
     ),
+    "GPU device with the CPU-only ONNX image": (
+        {"overrides": {"server": {**prod_value("server"), "device": "cuda"}}},
+        ["uninlu:server.device: cuda needs image.runtime: torch"],
+    ),
+    "unknown image runtime": (
+        {"overrides": with_changes("image", runtime="tensorrt")},
+        ["uninlu:image.runtime", "'onnx', 'onnx-int8' or 'torch'"],
+    ),
     "local model without a directory": (
         {"overrides": {"model": {"source": "local", "path": "no/such/dir"}}},
         ["uninlu:model.path", "no/such/dir is not a directory"],

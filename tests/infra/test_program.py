@@ -25,6 +25,7 @@ from pulumi_harness import (
 from app.metrics import PREDICT_ROUTES, PREDICT_RPS_METRIC, REQUESTS_TOTAL
 from infra import monitoring
 from infra.chart_render import find, render_chart, validate_manifests
+from infra.image import DOCKERFILE, TARGETS
 from infra.program import deploy
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -85,11 +86,15 @@ def test_image_build_args_and_push_settings(result):
     name = f"{config['image']['registry']}/{config['image']['repository']}"
     assert image["context"] == {"location": "."}
     assert image["dockerfile"] == {"location": "docker/Dockerfile"}
+    runtime = config["image"].get("runtime", "onnx")
     assert image["buildArgs"] == {
         "MODELSCOPE_MODEL_ID": config["model"]["id"],
         "MODELSCOPE_REVISION": config["model"]["revision"],
         "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu",
+        **({} if runtime == "torch" else {"ONNX_BACKEND": runtime}),
     }
+    # The lean ONNX image unless the stack asks for torch (GPU nodes).
+    assert image["target"] == ("runtime" if runtime == "torch" else "runtime-onnx")
     assert image["push"] is True
     assert image["tags"] == [f"{name}:{config['image']['tag']}"]
     assert image["platforms"] == ["linux/amd64"]
@@ -108,6 +113,13 @@ def test_image_build_args_and_push_settings(result):
         assert "registries" not in image  # the local registry needs no login
     digest_ref = res.outputs["imageRef"]
     assert digest_ref.startswith(f"{name}@sha256:") and len(digest_ref.split("@sha256:")[1]) == 64
+
+
+def test_image_targets_and_args_exist_in_the_dockerfile():
+    dockerfile = (REPO / DOCKERFILE).read_text()
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)", dockerfile, re.MULTILINE))
+    assert set(TARGETS.values()) <= stages
+    assert re.search(r"^ARG ONNX_BACKEND=", dockerfile, re.MULTILINE)
 
 
 def test_adapter_chart_version_and_rule(result):
@@ -299,7 +311,26 @@ def test_local_model_directory_is_a_named_build_context(tmp_path, monkeypatch):
     )
     image = res.run.one(IMAGE).plain_inputs
     assert image["context"] == {"location": ".", "named": {"model": {"location": str(model_dir)}}}
-    assert image["buildArgs"] == {"TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu"}
+    assert image["buildArgs"] == {
+        "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu",
+        "ONNX_BACKEND": "onnx",
+    }
+
+
+def test_torch_runtime_for_gpu_nodes():
+    res = run_program(
+        deploy,
+        "prod",
+        secrets=prod_secrets(),
+        overrides={
+            "image": {**stack_yaml("prod")["image"], "runtime": "torch"},
+            "server": {**stack_yaml("prod")["server"], "device": "cuda"},
+        },
+    )
+    image = res.run.one(IMAGE).plain_inputs
+    assert image["target"] == "runtime"
+    assert "ONNX_BACKEND" not in image["buildArgs"]
+    assert find(rendered(res), "ConfigMap")["data"]["DEVICE"] == "cuda"
 
 
 def test_fixed_replicas_without_autoscaling():
