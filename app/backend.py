@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from app.model import SiameseUniNLU, load_model, load_tokenizer
+from app.model import SiameseUniNLU, load_model
 from app.padding import length_groups
+from app.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

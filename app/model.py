@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
+from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder, BertPooler
 
 from app.errors import CheckpointError
+from app.tokenizer import VOCAB_FILE
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 CROSS_LAYERS = 6
 CONFIG_FILE = "config.json"
 CONFIGURATION_FILE = "configuration.json"
-VOCAB_FILE = "vocab.txt"
 SAFETENSORS_FILE = "model.safetensors"
 BIN_FILE = "pytorch_model.bin"
 TASK = "siamese-uie"
@@ -242,19 +242,3 @@ def load_model(
     model.load_state_dict(tensors, strict=True, assign=True)
     model.reset_buffers()
     return model.to(device).eval()
-
-
-def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
-    """The tokenizer ModelScope uses (AutoTokenizer, fast, from vocab.txt), strictly offline."""
-    model_dir = Path(model_dir)
-    if not (model_dir / VOCAB_FILE).is_file():
-        raise CheckpointError(f"missing file {VOCAB_FILE} in model directory {model_dir}")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(model_dir), use_fast=True, local_files_only=True
-        )
-    except Exception as err:  # a broken vocab or config is a checkpoint problem
-        raise CheckpointError(f"{model_dir}: cannot load the tokenizer: {err}") from err
-    if not tokenizer.is_fast:
-        raise CheckpointError(f"{model_dir}: expected a fast tokenizer (offsets are needed)")
-    return tokenizer

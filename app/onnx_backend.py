@@ -31,7 +31,6 @@ ENCODER_FILE = "encoder.onnx"
 CROSS_FILE = "cross.onnx"
 INT8_SUFFIX = ".int8.onnx"
 ONNX_DIR = "onnx"
-VOCAB_FILE = "vocab.txt"
 
 
 def int8_name(name: str) -> str:
@@ -128,23 +127,6 @@ class OnnxBackend:
         return results
 
 
-def load_tokenizer(model_dir: Path):
-    """The same fast tokenizer as app.model.load_tokenizer, without importing torch."""
-    from transformers import AutoTokenizer
-
-    if not (model_dir / VOCAB_FILE).is_file():
-        raise CheckpointError(f"missing file {VOCAB_FILE} in model directory {model_dir}")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(model_dir), use_fast=True, local_files_only=True
-        )
-    except Exception as err:  # a broken vocab or config is a checkpoint problem
-        raise CheckpointError(f"{model_dir}: cannot load the tokenizer: {err}") from err
-    if not tokenizer.is_fast:
-        raise CheckpointError(f"{model_dir}: expected a fast tokenizer (offsets are needed)")
-    return tokenizer
-
-
 def load_onnx_backend(
     model_path: str | Path,
     threads: int | None = None,
@@ -164,6 +146,8 @@ def load_onnx_backend(
             )
     name = "onnx-int8" if int8 else "onnx-fp32"
     backend = OnnxBackend(encoder_path, cross_path, name=name, threads=threads)
+    from app.tokenizer import load_tokenizer  # imports transformers: only when serving
+
     tokenizer = load_tokenizer(model_path)
     log.info("loaded %s from %s (threads=%s)", name, folder, backend.threads)
     return backend, tokenizer

@@ -24,9 +24,9 @@ from app.model import (
     CONFIGURATION_FILE,
     SAFETENSORS_FILE,
     TASK,
-    VOCAB_FILE,
     SiameseUniNLU,
 )
+from app.tokenizer import VOCAB_FILE
 
 VOCAB_SIZE = 21128
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")

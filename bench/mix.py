@@ -12,14 +12,13 @@ import json
 from pathlib import Path
 
 DEFAULT_EXAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "examples.json"
-BUNDLED_EXAMPLES = Path(__file__).resolve().parent / "examples.json"
 
 
 def find_examples(explicit: str | None = None) -> Path:
     """The examples file: an explicit path, else ../shared/examples.json (the project's shared
-    copy), else bench/examples.json (a copy of it, so a bare checkout can run the bench)."""
+    folder, beside the checkout; the tests read it from here too)."""
     candidates = [Path(explicit)] if explicit else []
-    candidates += [DEFAULT_EXAMPLES, BUNDLED_EXAMPLES]
+    candidates += [DEFAULT_EXAMPLES]
     for path in candidates:
         if path.is_file():
             return path

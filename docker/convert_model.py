@@ -23,10 +23,9 @@ from app.model import (
     CONFIG_FILE,
     CONFIGURATION_FILE,
     SAFETENSORS_FILE,
-    VOCAB_FILE,
     load_model,
-    load_tokenizer,
 )
+from app.tokenizer import VOCAB_FILE, load_tokenizer
 
 # Small files the tokenizer or the config may read, copied when the source has them.
 TOKENIZER_FILES = (

@@ -16,8 +16,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.mix import find_examples
+
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO.parent / "shared" / "examples.json"
+EXAMPLES = find_examples()
 ARTIFACTS = REPO / "tests" / "artifacts"
 
 # Small limits so every refusal is cheap to trigger; TORCH_THREADS=1 leaves a core for the test.

@@ -11,9 +11,10 @@ from transformers.models.bert.modeling_bert import BertEncoder
 
 from app.backend import TorchBackend, length_groups, load_backend
 from app.errors import CheckpointError
-from app.model import load_model, load_tokenizer
+from app.model import load_model
 from app.pipeline import PromptRow, split_windows, tokenize_text
 from app.random_checkpoint import random_state_dict, write_random_checkpoint
+from app.tokenizer import load_tokenizer
 
 
 @pytest.fixture

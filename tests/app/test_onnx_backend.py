@@ -21,9 +21,10 @@ from app.errors import CheckpointError
 from app.export_onnx import export
 from app.onnx_backend import ONNX_DIR, load_onnx_backend
 from app.pipeline import PromptRow, predict
+from bench.mix import find_examples
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO.parent / "shared" / "examples.json"
+EXAMPLES = find_examples()
 # Agreement thresholds with torch fp32 on examples.json: fp32 must give identical outputs on every
 # example; int8 must keep at least this share of the spans of the single-level examples identical
 # (deeper levels multiply any flipped span, so they are not a stable measure).

@@ -27,15 +27,9 @@ from app.pipeline import (
     tokenize_text,
     window_starts,
 )
+from bench.mix import find_examples
 
-_REPO = Path(__file__).resolve().parents[2]
-# The project's shared examples, else the repository's bundled copy (a bare checkout, CI).
-_EXAMPLES_FILE = next(
-    p
-    for p in (_REPO.parent / "shared" / "examples.json", _REPO / "bench" / "examples.json")
-    if p.is_file()
-)
-EXAMPLES = json.loads(_EXAMPLES_FILE.read_text())["examples"]
+EXAMPLES = json.loads(find_examples().read_text())["examples"]
 GOLDEN = Path(__file__).parent / "golden" / "tiny_seed_outputs.json"
 BY_TASK = {e["task"]: e for e in EXAMPLES}
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,9 @@ from torch import nn
 from app.backend import load_backend
 from app.pipeline import predict
 from app.settings import Settings, SettingsError
+from bench.mix import find_examples
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "examples.json"
+EXAMPLES = find_examples()
 # Agreement threshold with torch fp32 on examples.json: share of the spans of the single-level
 # examples that are identical (deeper levels multiply any flipped span).
 INT8_MIN_SPAN_SHARE = 0.9

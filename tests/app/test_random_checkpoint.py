@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from app.model import SiameseUniNLU, load_model, load_tokenizer, read_config
+from app.model import SiameseUniNLU, load_model, read_config
 from app.random_checkpoint import (
     VOCAB_SIZE,
     build_vocab,
@@ -13,6 +13,7 @@ from app.random_checkpoint import (
     random_state_dict,
     write_random_checkpoint,
 )
+from app.tokenizer import load_tokenizer
 
 
 def test_directory_layout_is_the_modelscope_one(tiny_model_dir):
