@@ -64,10 +64,14 @@ def test_loadgen_refuses_non_loopback_targets():
         loadgen.run_open_loop("http://example.com", [{}], 1.0, 1.0)
 
 
-def test_bundled_examples_are_the_shared_ones():
-    if mix.DEFAULT_EXAMPLES.is_file():
-        assert mix.load_examples(mix.BUNDLED_EXAMPLES) == mix.load_examples(mix.DEFAULT_EXAMPLES)
-    assert mix.find_examples(str(mix.BUNDLED_EXAMPLES)) == mix.BUNDLED_EXAMPLES
+def test_examples_file_lookup(tmp_path, monkeypatch):
+    own = tmp_path / "mine.json"
+    own.write_text('{"examples": []}')
+    assert mix.find_examples(str(own)) == own
+    assert mix.find_examples() == mix.DEFAULT_EXAMPLES
+    monkeypatch.setattr(mix, "DEFAULT_EXAMPLES", tmp_path / "absent.json")
+    with pytest.raises(FileNotFoundError, match="examples.json not found"):
+        mix.find_examples()
 
 
 def test_single_level_mix_of_the_shared_examples():
