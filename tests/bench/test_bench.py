@@ -70,7 +70,7 @@ def test_examples_file_lookup(tmp_path, monkeypatch):
     assert mix.find_examples(str(own)) == own
     assert mix.find_examples() == mix.DEFAULT_EXAMPLES
     monkeypatch.setattr(mix, "DEFAULT_EXAMPLES", tmp_path / "absent.json")
-    with pytest.raises(FileNotFoundError, match="examples.json not found"):
+    with pytest.raises(FileNotFoundError, match=r"examples\.json not found"):
         mix.find_examples()
 
 
