@@ -43,7 +43,7 @@ test-fast: venv ## the test suite without lint
 	PATH="$(CURDIR)/$(CHECKOV_VENV)/bin:$$PATH" $(VENV)/bin/pytest -x -q
 
 serve: venv ## run the model server locally (MODEL_PATH=dir, default: a generated tiny checkpoint)
-	@if [ -z "$$MODEL_PATH" ]; then $(PY) -m app.random_checkpoint --size tiny --out .models/tiny >/dev/null; fi
+	@if [ -z "$$MODEL_PATH" ]; then $(PY) -m app.random_checkpoint --size tiny --seed 4 --out .models/tiny >/dev/null; fi
 	MODEL_PATH=$${MODEL_PATH:-.models/tiny} $(PY) -m app
 
 # One line and a non-zero exit when the Pulumi CLI is missing (expanded only when up/preview run).
