@@ -97,6 +97,10 @@ class Metrics:
             ("version", "model", "backend"),
             registry=r,
         )
+        # A pod that has not served a prediction yet must still report a rate (0), or the
+        # adapter has no value for it and the HPA stops scaling down (FailedGetPodsMetric).
+        for route in PREDICT_ROUTES:
+            self.requests_total.labels(route, "POST", "200")
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
         for stage in INFERENCE_STAGES:

@@ -27,6 +27,14 @@ PULL_SECRET_NAME = "uninlu-registry"
 RELEASE_TIMEOUT_MARGIN_SECONDS = 180
 
 
+def release_timeout(settings: Settings) -> int:
+    """Seconds Helm waits for the rollout before `atomic` rolls it back. The chart rolls one pod
+    at a time (maxSurge 1, maxUnavailable 0), so the wait must cover every pod's pull and model
+    load in turn, not just one: a healthy 8-pod rollout must never be rolled back."""
+    pods = settings.autoscaling.max_replicas if settings.autoscaling.enabled else settings.replicas
+    return pods * (settings.probes.model_load_timeout_seconds + RELEASE_TIMEOUT_MARGIN_SECONDS)
+
+
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
@@ -193,7 +201,7 @@ class ModelService(pulumi.ComponentResource):
             values=values,
             atomic=True,
             cleanup_on_fail=True,
-            timeout=settings.probes.model_load_timeout_seconds + RELEASE_TIMEOUT_MARGIN_SECONDS,
+            timeout=release_timeout(settings),
             opts=pulumi.ResourceOptions(parent=self, depends_on=depends),
         )
         # Derived from the release's outputs, so they resolve once the release exists.

@@ -163,7 +163,9 @@ def test_service_release_values_come_from_the_stack_file(result):
     assert release["chart"] == "./infra/chart"
     assert release["namespace"] == config["namespace"]
     assert release["atomic"] is True
-    assert release["timeout"] > config["probes"]["modelLoadTimeoutSeconds"]
+    # Pods roll one at a time: Helm waits for each one's pull and model load in turn.
+    per_pod = config["probes"]["modelLoadTimeoutSeconds"] + 180
+    assert release["timeout"] == config["autoscaling"]["maxReplicas"] * per_pod
     values = release["values"]
     scaling = config["autoscaling"]
     assert values["autoscaling"] == {
