@@ -26,9 +26,9 @@ import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from app.errors import UninluError
 from app.metrics import Metrics
 from app.pipeline import EncodeText, Extraction, ScorePrompts
 
@@ -45,11 +45,6 @@ class Overloaded(Exception):
 
 class NotAccepting(Exception):
     """The batcher is draining or stopped: no new work is taken."""
-
-
-class TooComplex(UninluError):
-    """One request expanded to more prompt rows than allowed (a nested schema over many spans);
-    stopping it keeps one request from holding the worker for minutes."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +66,6 @@ class _Task:
     gen: Generator | None = None
     step: Any = None
     cancelled: bool = False  # set from the loop thread when nobody waits for the result
-    rows: int = 0  # prompt rows run so far, against max_prompt_rows
 
 
 @dataclass
@@ -98,7 +92,7 @@ class Batcher:
         max_queue: int,
         max_prompt_rows: int | None = None,
         metrics: Metrics | None = None,
-        extraction_factory: Callable[..., Extraction] = Extraction,
+        extraction_factory: Callable[..., Extraction] | None = None,
     ):
         self.backend = backend
         self.tokenizer = tokenizer
@@ -108,7 +102,10 @@ class Batcher:
         self.max_queue = max_queue
         self.max_prompt_rows = max_prompt_rows
         self.metrics = metrics
-        self._extraction = extraction_factory
+        # The extraction enforces max_prompt_rows itself, before it builds a level's rows.
+        self._extraction = extraction_factory or partial(
+            Extraction, max_prompt_rows=max_prompt_rows
+        )
         self._inbox: collections.deque[_Task] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -259,12 +256,6 @@ class Batcher:
             if isinstance(t.step, EncodeText):
                 encode_items += [_Item(t, i, w, len(w)) for i, w in enumerate(t.step.windows)]
             elif isinstance(t.step, ScorePrompts):
-                t.rows += len(t.step.rows)
-                if self.max_prompt_rows is not None and t.rows > self.max_prompt_rows:
-                    t.gen.close()
-                    t.gen = None
-                    self._resolve(t, None, TooComplex(_too_complex(self.max_prompt_rows)))
-                    continue
                 score_items += [
                     _Item(t, i, r, r.position_offset + len(r.prompt_ids))
                     for i, r in enumerate(t.step.rows)
@@ -345,13 +336,6 @@ class Batcher:
 
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
             task.loop.call_soon_threadsafe(finish)
-
-
-def _too_complex(limit: int) -> str:
-    return (
-        f"the request needs more than {limit} prompt rows (a nested schema over a text with "
-        "many spans at an outer level); use a shorter text or a shallower schema"
-    )
 
 
 def _width(step: Any) -> int:

@@ -16,3 +16,14 @@ class SchemaError(UninluError):
 
 class InputError(UninluError):
     """A request input other than the schema is unusable (e.g. text is not a string)."""
+
+
+class TooComplex(UninluError):
+    """One request would expand to more prompt rows than allowed (a nested schema over many
+    spans); refusing it before the rows are built keeps it from holding the worker or memory."""
+
+    def __init__(self, limit: int):
+        super().__init__(
+            f"the request needs more than {limit} prompt rows (a nested schema over a text with "
+            "many spans at an outer level); use a shorter text or a shallower schema"
+        )

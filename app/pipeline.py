@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import InputError, SchemaError
+from app.errors import InputError, SchemaError, TooComplex
 
 MAX_LEN = 384  # tokens per text window
 STRIDE = 352  # window start every STRIDE tokens (32 tokens of overlap)
@@ -69,6 +69,8 @@ def parse_schema(
             schema = json.loads(schema)
         except json.JSONDecodeError as err:
             raise SchemaError(f"schema is not valid JSON: {err}") from err
+        except RecursionError:
+            raise SchemaError("schema JSON is nested too deeply") from None
     if not isinstance(schema, dict):
         raise SchemaError(f"schema must be a JSON object, got {_json_type(schema)}")
     if not schema:
@@ -204,13 +206,21 @@ class Extraction:
     float32 logits per row (the row's window length); it returns the output list
     [[{"type", "span", "offset"}...], ...] as StopIteration.value."""
 
-    def __init__(self, tokenizer, text: str, schema: dict | str, output_all_prefix: bool = False):
+    def __init__(
+        self,
+        tokenizer,
+        text: str,
+        schema: dict | str,
+        output_all_prefix: bool = False,
+        max_prompt_rows: int | None = None,
+    ):
         if not isinstance(text, str):
             raise InputError(f"text must be a string, got {_json_type(text)}")
         self.tokenizer = tokenizer
         self.text = text
         self.schema = parse_schema(schema)
         self.output_all_prefix = bool(output_all_prefix)
+        self.max_prompt_rows = max_prompt_rows
 
     def steps(self) -> Generator[Step, list, list]:
         tokens = tokenize_text(self.tokenizer, self.text)
@@ -218,8 +228,12 @@ class Extraction:
         states = yield EncodeText(windows)
         root = _Node([], self.schema)
         frontier = [root]
+        rows_so_far = 0
         while frontier:
             tasks = [(n, t, sub) for n in frontier for t, sub in n.schema.items()]
+            rows_so_far += len(tasks) * len(states)
+            if self.max_prompt_rows is not None and rows_so_far > self.max_prompt_rows:
+                raise TooComplex(self.max_prompt_rows)
             prompts = [build_prompt(n.chain, t) for n, t, _ in tasks]
             prompt_ids = self.tokenizer(
                 prompts, truncation=True, max_length=PROMPT_MAX_LEN, verbose=False

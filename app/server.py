@@ -28,8 +28,8 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import __version__
-from app.batching import Batcher, Job, NotAccepting, Overloaded, TooComplex
-from app.errors import InputError, SchemaError, UninluError
+from app.batching import Batcher, Job, NotAccepting, Overloaded
+from app.errors import InputError, SchemaError, TooComplex, UninluError
 from app.http_errors import ApiError, error_response, install_error_handlers
 from app.logging import configure_logging
 from app.metrics import Metrics
@@ -158,7 +158,9 @@ async def _load_and_warm_up(state: ServerState, loader: Loader) -> None:
             batcher.stop_admitting()
             return
         started = time.perf_counter()
-        await batcher.predict_many(_warmup_jobs(settings))
+        warmup = _warmup_jobs(settings)
+        for i in range(0, len(warmup), settings.max_queue):  # within admission, even MAX_QUEUE=1
+            await batcher.predict_many(warmup[i : i + settings.max_queue])
         warmup_seconds = time.perf_counter() - started
         model = Path(settings.model_path).name or settings.model_path
         metrics.build_info.labels(__version__, model, backend.name).set(1)

@@ -9,8 +9,8 @@ import asyncio
 import pytest
 
 from app.backend import load_backend
-from app.batching import Batcher, Job, NotAccepting, Overloaded, TooComplex
-from app.errors import InputError
+from app.batching import Batcher, Job, NotAccepting, Overloaded
+from app.errors import InputError, TooComplex
 from app.metrics import Metrics
 from app.pipeline import EncodeText, Extraction, parse_schema, run_steps
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from app.backend import load_backend
-from app.errors import InputError, SchemaError
+from app.errors import InputError, SchemaError, TooComplex
 from app.pipeline import (
     MAX_LEN,
     STRIDE,
@@ -445,3 +445,18 @@ def test_golden_outputs_of_every_example(backend, tokenizer):
     # the fixture is useful only if it exercises decoding and recursion
     assert sum(bool(v["output"]) for v in golden.values()) >= len(golden) - 3
     assert any(len(chain) == 2 for v in golden.values() for chain in v["output"])
+
+
+def test_schema_json_nested_too_deeply_is_a_schema_error():
+    with pytest.raises(SchemaError, match="nested too deeply"):
+        parse_schema("[" * 100_000)
+
+
+def test_prompt_row_budget_is_checked_before_a_level_is_built(loaded):
+    backend, tokenizer = loaded
+    schema = {f"类型{i}": None for i in range(50)}
+    steps = Extraction(tokenizer, "小王在北京。", schema, max_prompt_rows=40).steps()
+    encode = next(steps)
+    assert isinstance(encode, EncodeText)
+    with pytest.raises(TooComplex, match="more than 40 prompt rows"):
+        steps.send(backend.encode(encode.windows))

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from app.logging import configure_logging, request_id_var
@@ -109,3 +110,12 @@ def test_text_log_format_is_for_humans(capfd):
     assert "INFO uninlu.test: hello" in line
     assert "route=/predict" in line and "request_id=rid-7" in line
     assert not line.startswith("{")
+
+
+def test_a_queue_of_one_still_warms_up_and_serves(start_server):
+    """Warm-up goes through admission like any request: it must fit even MAX_QUEUE=1."""
+    server = start_server(MAX_QUEUE="1", MAX_BATCH_ITEMS="1")
+    response = httpx.post(
+        server.url + "/predict", json={"text": "小王在北京。", "schema": {"人物": None}}
+    )
+    assert response.status_code == 200 and "output" in response.json()
