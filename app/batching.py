@@ -100,7 +100,6 @@ class Batcher:
         self.batch_wait = batch_wait_ms / 1000.0
         self.max_batch_requests = max_batch_requests
         self.max_queue = max_queue
-        self.max_prompt_rows = max_prompt_rows
         self.metrics = metrics
         # The extraction enforces max_prompt_rows itself, before it builds a level's rows.
         self._extraction = extraction_factory or partial(
