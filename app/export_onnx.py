@@ -7,16 +7,20 @@ Runtime, the tokenizer and the files written here:
 - encoder.onnx: the first half. input_ids, attention_mask, token_type_ids, position_ids (B, T)
   -> states (B, T, H). Used for text windows (type 0) and prompts (type 1).
 - cross.onnx: the cross half. states (B, T, H), attention_mask (B, T) -> head, tail (B, T).
-- with --int8 also encoder.int8.onnx and cross.int8.onnx: dynamic int8 (weights quantised
-  per channel ahead of time, activations at run time), ONNX Runtime's CPU recipe for BERT.
+- with --int8 also encoder.int8.onnx and cross.int8.onnx (app/onnx_int8.py: static int8 with
+  activation scales fixed by calibration, so a row's output never depends on its batch).
+The fp32 graphs carry ONNX Runtime's transformer fusions (fused Attention, SkipLayerNormalization,
+BiasGelu, EmbedLayerNormalization: `onnxruntime.transformers.optimizer`, model_type "bert").
 Each graph is checked against the torch model on a random batch before it is kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -24,8 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.model import SiameseUniNLU, load_model
+from app.model import CROSS_LAYERS, SiameseUniNLU, load_model
 from app.onnx_backend import CROSS_FILE, ENCODER_FILE, ONNX_DIR, int8_name
+from app.onnx_fusion import fuse
+from app.onnx_int8 import calibration_cases, quantize_static_int8, record_feeds
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +45,9 @@ MASK_MIN = torch.finfo(torch.float32).min
 
 def _additive(mask: torch.Tensor) -> torch.Tensor:
     """(B, T) 0/1 mask -> (B, 1, 1, T) additive mask: 0 to attend, float32's minimum for padding
-    (the form app/model.py gives the BERT layers)."""
-    blocked = torch.zeros(mask.shape, dtype=torch.float32).masked_fill(mask == 0, MASK_MIN)
-    return blocked[:, None, None, :]
+    (the values app/model.py gives the BERT layers), written as (1 - mask) * min: the form the
+    attention fusion recognises (onnxruntime/transformers/fusion_attention.py, mask path)."""
+    return (1.0 - mask[:, None, None, :].to(torch.float32)) * MASK_MIN
 
 
 class _Encoder(nn.Module):
@@ -137,42 +143,67 @@ def _pointer_heads(path: Path) -> list[str]:
     ]
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8: weights of MatMul/Gemm quantised per channel, activations per batch;
-    the pointer heads stay fp32."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        nodes_to_exclude=_pointer_heads(src),
-    )
+def _fuse_and_check(module, args, names, raw: Path, dst: Path, config, layers, attention):
+    """Fuse `raw` into `dst` (app/onnx_fusion.py), require every layer's attention fused when
+    asked, and check the fused graph against torch."""
+    stats = fuse(raw, dst, config.num_attention_heads, config.hidden_size, attention=attention)
+    want = layers if attention else 0
+    if stats["Attention"] != want or stats["SkipLayerNormalization"] != 2 * layers:
+        raise RuntimeError(f"{dst.name}: unexpected fusions {stats} for {layers} layers")
+    diff = _check(module, args, names, dst, EXPORT_ATOL)
+    log.info("fused %s %s (max |onnx - torch| = %.1e)", dst.name, stats, diff)
+    return stats
 
 
-def export(model_path: str | Path, out: str | Path, int8: bool = False, opset=DEFAULT_OPSET):
-    """Write encoder.onnx and cross.onnx (and their int8 versions) into `out`."""
+def export(
+    model_path: str | Path,
+    out: str | Path,
+    int8: bool = False,
+    opset=DEFAULT_OPSET,
+    examples: list[dict] | None = None,
+):
+    """Write encoder.onnx and cross.onnx, fused (and with int8, their static int8 versions,
+    calibrated on `examples` and the generated cases) into `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model(model_path)
+    # Eager attention: its explicit matmul-softmax is the pattern the Attention fusion matches
+    # (the SDPA decomposition is not); the fused op computes the same thing.
+    model = load_model(model_path, attn_implementation="eager")
+    config = model.config
     enc_args, cross_args = _sample_inputs(model)
-    written = []
-    for module, args, names, outputs, name in (
+    parts = (
         (_Encoder(model).eval(), enc_args, ENCODER_INPUTS, ["states"], ENCODER_FILE),
         (_Cross(model).eval(), cross_args, CROSS_INPUTS, ["head", "tail"], CROSS_FILE),
-    ):
-        path = out / name
-        _export(module, args, names, outputs, path, opset)
-        diff = _check(module, args, names, path, EXPORT_ATOL)
-        log.info("exported %s (max |onnx - torch| = %.1e)", path, diff)
-        written.append(path)
+    )
+    layers = {ENCODER_FILE: config.num_hidden_layers - CROSS_LAYERS, CROSS_FILE: CROSS_LAYERS}
+    written = []
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        raw = {}
+        for module, args, names, outputs, name in parts:
+            raw[name] = Path(tmp) / name
+            _export(module, args, names, outputs, raw[name], opset)
+            _check(module, args, names, raw[name], EXPORT_ATOL)
+            _fuse_and_check(module, args, names, raw[name], out / name, config, layers[name], True)
+            written.append(out / name)
         if int8:
-            qpath = out / int8_name(name)
-            quantize_int8(path, qpath)
-            written.append(qpath)
-            log.info("quantised %s", qpath)
+            feeds = dict(
+                zip(
+                    (ENCODER_FILE, CROSS_FILE),
+                    record_feeds(Path(model_path), out, calibration_cases(examples)),
+                    strict=True,
+                )
+            )
+            for module, args, names, _, name in parts:
+                unfused_attention = Path(tmp) / ("qdq-src-" + name)
+                _fuse_and_check(
+                    module, args, names, raw[name], unfused_attention, config, layers[name], False
+                )
+                qpath = out / int8_name(name)
+                quantize_static_int8(
+                    unfused_attention, qpath, feeds[name], _pointer_heads(unfused_attention)
+                )
+                written.append(qpath)
+                log.info("quantised %s (%d calibration calls)", qpath, len(feeds[name]))
     return written
 
 
@@ -183,12 +214,19 @@ def main(argv: list[str] | None = None) -> int:
         "--out", help=f"directory for the .onnx files (default: MODEL_PATH/{ONNX_DIR})"
     )
     parser.add_argument("--int8", action="store_true", help="also write int8 versions")
+    parser.add_argument(
+        "--examples",
+        help="examples.json whose texts join the int8 calibration set (default: generated only)",
+    )
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
     out = args.out or str(Path(args.model_path) / ONNX_DIR)
-    for path in export(args.model_path, out, int8=args.int8, opset=args.opset):
+    examples = None
+    if args.examples:
+        examples = json.loads(Path(args.examples).read_text(encoding="utf-8"))["examples"]
+    for path in export(args.model_path, out, int8=args.int8, opset=args.opset, examples=examples):
         print(path)
     return 0
 
