@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app import shutdown
 from app.metrics import PREDICT_RPS_METRIC
 from app.settings import Settings
 from infra.chart_render import (
@@ -214,10 +215,23 @@ def test_graceful_termination_outlasts_prestop_and_drain(rendered):
     assert pod["terminationGracePeriodSeconds"] > sleep + int(settings["GRACEFUL_SHUTDOWN_SECONDS"])
 
 
-def test_grace_period_includes_the_server_drain_delay():
-    extra = {"server": {"extraEnv": {"DRAIN_DELAY_SECONDS": "12"}}}
-    grace = _pod(render_chart(extra))["terminationGracePeriodSeconds"]
-    assert grace == 5 + 12 + 30 + 10  # preStop sleep + drain delay + graceful shutdown + exit
+@pytest.mark.parametrize(
+    "server",
+    [{}, {"gracefulShutdownSeconds": 90}, {"extraEnv": {"DRAIN_DELAY_SECONDS": "12"}}],
+    ids=["defaults", "longer-budget", "drain-delay"],
+)
+def test_the_servers_whole_shutdown_fits_the_charts_grace_period(server):
+    """The server's own split of its budget (drain delay + in-flight requests + batcher close,
+    app/shutdown.py, read from the rendered ConfigMap as the pod would) after the preStop sleep
+    ends before the kubelet's SIGKILL."""
+    manifests = render_chart({"server": server})
+    settings = Settings.from_env(find(manifests, "ConfigMap")["data"])
+    budget = settings.shutdown_budget
+    sleep = int(_server(manifests)["lifecycle"]["preStop"]["exec"]["command"][-1])
+    grace = _pod(manifests)["terminationGracePeriodSeconds"]
+    assert budget.total == settings.graceful_shutdown_seconds
+    assert sleep + budget.total + shutdown.EXIT_MARGIN_SECONDS <= grace
+    assert grace == shutdown.termination_grace_period(settings.graceful_shutdown_seconds, sleep)
 
 
 def test_hpa_metrics_and_behaviour(rendered):

@@ -22,7 +22,9 @@ from pulumi_harness import (
     start,
 )
 
+from app import shutdown
 from app.metrics import PREDICT_ROUTES, PREDICT_RPS_METRIC, REQUESTS_TOTAL
+from app.settings import Settings
 from infra import monitoring
 from infra.chart_render import find, render_chart, validate_manifests
 from infra.image import DOCKERFILE, TARGETS
@@ -182,13 +184,31 @@ def test_service_release_values_come_from_the_stack_file(result):
     }
     assert values["pdb"]["enabled"] is config["pdb"]["enabled"]
     assert values["resources"] == config["resources"]
-    assert values["server"] == config["server"]
+    assert values["server"] == {"gracefulShutdownSeconds": 30, **config["server"]}
     assert values["probes"] == config["probes"]
     assert values["metrics"]["serviceMonitor"]["enabled"] is (stack == "prod")
     repository, digest = res.outputs["imageRef"].split("@")
     assert values["image"] == {"repository": repository, "digest": digest}
     expected_pull = [{"name": "uninlu-registry"}] if stack == "prod" else []
     assert values["imagePullSecrets"] == expected_pull
+
+
+def test_shutdown_budget_fits_the_grace_period_the_program_deploys(result):
+    """server.gracefulShutdownSeconds -> the server's split (drain delay, in-flight requests,
+    batcher close: what the pod reads from its ConfigMap) + the preStop sleep, against the
+    terminationGracePeriodSeconds the program's release renders."""
+    _, res = result
+    manifests = rendered(res)
+    settings = Settings.from_env(find(manifests, "ConfigMap")["data"])
+    budget = settings.shutdown_budget
+    pod = find(manifests, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert budget.drain_delay + budget.http_graceful + budget.batcher_close == 30
+    assert (
+        sleep + budget.total + shutdown.EXIT_MARGIN_SECONDS == pod["terminationGracePeriodSeconds"]
+    )
+    assert release_inputs(res)["values"]["lifecycle"]["terminationGracePeriodSeconds"] == 40
 
 
 def test_dependency_order(result):
