@@ -163,9 +163,13 @@ def test_service_release_values_come_from_the_stack_file(result):
     assert release["chart"] == "./infra/chart"
     assert release["namespace"] == config["namespace"]
     assert release["atomic"] is True
-    # Pods roll one at a time: Helm waits for each one's pull and model load in turn.
+    # Pods roll in waves of 25 % (at most 4, fewer with fewer pods): Helm waits for each wave's
+    # pull and model load in turn, and one wave may take the Deployment's progress deadline.
     per_pod = config["probes"]["modelLoadTimeoutSeconds"] + 180
-    assert release["timeout"] == config["autoscaling"]["maxReplicas"] * per_pod
+    waves = min(config["autoscaling"]["maxReplicas"], 4)
+    assert release["timeout"] == waves * per_pod
+    assert release["values"]["progressDeadlineSeconds"] == per_pod
+    assert release["values"]["rollingUpdate"] == {"maxSurge": "25%", "maxUnavailable": 0}
     values = release["values"]
     scaling = config["autoscaling"]
     assert values["autoscaling"] == {
