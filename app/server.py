@@ -245,6 +245,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/predict", response_model=PredictResponse, responses=_ERRORS, summary="Extract")
     async def predict(body: PredictRequest, request: Request) -> PredictResponse:
         """Extract what the schema asks for from one text."""
+        request.state.texts = 1  # counted whatever the answer (uninlu_predict_texts_total)
         job = _to_job(body, settings, where="")
         request.state.text_chars = len(job.text)
         request.state.schema_nodes = _count_nodes(job.schema)
@@ -258,6 +259,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     )
     async def predict_batch(body: BatchRequest, request: Request) -> BatchResponse:
         """Several texts (each with its own schema) in one call; results in item order."""
+        request.state.texts = len(body.items)  # counted whatever the answer, even a 413
         if len(body.items) > settings.max_batch_items:
             raise ApiError(
                 413,

@@ -109,8 +109,17 @@ class Behavior(_Model):
     scale_down: ScalingRules | None = None
 
 
+# Renamed keys: the old name stops the preview with the new one, never a silent "unknown key".
+_RENAMED_AUTOSCALING_KEYS = {
+    "targetRequestsPerSecondPerPod": (
+        "targetTextsPerSecondPerPod",
+        "the metric now counts texts (a /predict/batch of n items is n), not HTTP calls",
+    ),
+}
+
+
 class Autoscaling(_Model):
-    """HPA on CPU and on predict requests per second per pod (the adapter's custom metric)."""
+    """HPA on CPU and on predict texts per second per pod (the adapter's custom metric)."""
 
     enabled: bool = True
     min_replicas: int = Field(1, ge=1)
@@ -118,9 +127,20 @@ class Autoscaling(_Model):
     target_cpu_utilization_percentage: int = Field(
         70, ge=1, le=100, alias="targetCPUUtilizationPercentage"
     )
-    # null turns the request-rate metric off (CPU only).
-    target_requests_per_second_per_pod: float | None = Field(10, gt=0)
+    # null turns the texts-per-second metric off (CPU only).
+    target_texts_per_second_per_pod: float | None = Field(4, gt=0)
     behavior: Behavior | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, (new, why) in _RENAMED_AUTOSCALING_KEYS.items():
+                if old in data:
+                    raise ValueError(
+                        f"{old} was renamed to {new} ({why}); rename the key in the stack file"
+                    )
+        return data
 
     @model_validator(mode="after")
     def _check_bounds(self) -> Autoscaling:
@@ -130,6 +150,22 @@ class Autoscaling(_Model):
                 f"maxReplicas ({self.max_replicas})"
             )
         return self
+
+
+DEFAULT_SLO_P95_MS = 1000
+
+
+class Capacity(_Model):
+    """The load the stack is sized for: its declared peak and its latency SLO. `make plan` turns
+    them, with the measured capacity of one pod, into the autoscaling targets."""
+
+    peak_texts_per_second: float | None = Field(None, gt=0)
+    slo_p95_ms: int | None = Field(None, ge=1, le=600_000)
+
+    @property
+    def slo_ms(self) -> int:
+        """The p95 latency objective, DEFAULT_SLO_P95_MS when the stack states none."""
+        return self.slo_p95_ms if self.slo_p95_ms is not None else DEFAULT_SLO_P95_MS
 
 
 class Pdb(_Model):
@@ -212,6 +248,7 @@ class Settings(_Model):
     resources: Resources | None = None
     replicas: int = Field(1, ge=1)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    capacity: Capacity = Field(default_factory=Capacity)
     pdb: Pdb = Field(default_factory=Pdb)
     probes: Probes = Field(default_factory=Probes)
     server: Server = Field(default_factory=Server)
@@ -232,11 +269,11 @@ class Settings(_Model):
                 f"server.device: cuda needs image.runtime: torch (the {self.image.runtime} image "
                 "has no CUDA)"
             )
-        wants_rps = self.autoscaling.enabled and self.autoscaling.target_requests_per_second_per_pod
-        if wants_rps and not self.monitoring.install_adapter:
+        wants_texts = self.autoscaling.enabled and self.autoscaling.target_texts_per_second_per_pod
+        if wants_texts and not self.monitoring.install_adapter:
             raise ValueError(
-                "autoscaling.targetRequestsPerSecondPerPod: needs the Prometheus Adapter: set "
-                "monitoring.installAdapter: true, or targetRequestsPerSecondPerPod: null"
+                "autoscaling.targetTextsPerSecondPerPod: needs the Prometheus Adapter: set "
+                "monitoring.installAdapter: true, or targetTextsPerSecondPerPod: null"
             )
         return self
 

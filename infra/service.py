@@ -92,16 +92,16 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
 
 def _autoscaling_values(settings: Settings) -> dict[str, Any]:
     scaling = settings.autoscaling
-    rps = scaling.target_requests_per_second_per_pod
+    texts = scaling.target_texts_per_second_per_pod
     values: dict[str, Any] = {
         "enabled": scaling.enabled,
         "minReplicas": scaling.min_replicas,
         "maxReplicas": scaling.max_replicas,
         "targetCPUUtilizationPercentage": scaling.target_cpu_utilization_percentage,
-        "requestsPerSecondMetric": rps is not None,
+        "textsPerSecondMetric": texts is not None,
     }
-    if rps is not None:
-        values["targetRequestsPerSecondPerPod"] = rps
+    if texts is not None:
+        values["targetTextsPerSecondPerPod"] = texts
     if scaling.behavior is not None:
         behavior = scaling.behavior.model_dump(by_alias=True, exclude_none=True)
         if behavior:
