@@ -73,6 +73,10 @@ class ImageSettings(_Model):
     )
     cache: bool = True
     build_on_preview: bool = False
+    # An existing buildx builder (docker-container, kubernetes or remote driver) to build with;
+    # None lets pulumi-docker-build pick or create one. The dev stack names the builder that
+    # `make kind-up` creates on the host network, so the push reaches localhost:5001.
+    builder: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     # Which runtime the image carries: ONNX Runtime without torch (lean; fp32 gives the torch
     # outputs exactly, int8 is ~4x faster on CPU), or torch (needed for GPU nodes).
     runtime: Literal["onnx", "onnx-int8", "torch"] = "onnx"

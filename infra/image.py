@@ -112,6 +112,7 @@ class InferenceImage(pulumi.ComponentResource):
             cache_from=cache_from or None,
             cache_to=cache_to or None,
             build_on_preview=image.build_on_preview,
+            builder=docker_build.BuilderConfigArgs(name=image.builder) if image.builder else None,
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.digest = built.digest.apply(

@@ -101,6 +101,10 @@ def test_image_build_args_and_push_settings(result):
     assert image["tags"] == [f"{name}:{config['image']['tag']}"]
     assert image["platforms"] == ["linux/amd64"]
     assert image["buildOnPreview"] is False
+    if stack == "dev":  # the host-network builder `make kind-up` creates
+        assert image["builder"] == {"name": "uninlu-kind"}
+    else:
+        assert "builder" not in image
     if config["image"]["cache"]:
         assert image["cacheFrom"] == [{"registry": {"ref": f"{name}:buildcache"}}]
         assert image["cacheTo"][0]["registry"]["ref"] == f"{name}:buildcache"
