@@ -5,9 +5,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 METRIC_PREFIX = "uninlu_"
 REQUESTS_TOTAL = "uninlu_requests_total"
-# The HPA's Pods metric, derived by the Prometheus Adapter from REQUESTS_TOTAL on the predict
-# routes.
-PREDICT_RPS_METRIC = "uninlu_predict_requests_per_second"
+# Texts in predict calls (a /predict is 1, a /predict/batch of n items is n), counted for every
+# call whose body parsed, whatever the answer: the work offered, rejected load included.
+PREDICT_TEXTS_TOTAL = "uninlu_predict_texts_total"
+# The HPA's Pods metric, derived by the Prometheus Adapter from PREDICT_TEXTS_TOTAL (a per-pod
+# rate over the predict routes, all statuses). Counting texts, not HTTP calls, keeps a client
+# that batches from hiding its load from the HPA.
+PREDICT_TEXTS_METRIC = "uninlu_predict_texts_per_second"
 PREDICT_ROUTES = ("/predict", "/predict/batch")
 
 # Below: the metric objects of DESIGN.md §4. Each app gets its own registry, so tests can run
@@ -40,6 +44,13 @@ class Metrics:
             REQUESTS_TOTAL,
             "HTTP requests answered, by route template, method and status code",
             ("route", "method", "status"),
+            registry=r,
+        )
+        self.predict_texts = Counter(
+            PREDICT_TEXTS_TOTAL,
+            "Texts in predict calls whose body parsed (a batch of n counts n), by route template "
+            "and status code",
+            ("route", "status"),
             registry=r,
         )
         self.request_duration = Histogram(
@@ -101,6 +112,7 @@ class Metrics:
         # adapter has no value for it and the HPA stops scaling down (FailedGetPodsMetric).
         for route in PREDICT_ROUTES:
             self.requests_total.labels(route, "POST", "200")
+            self.predict_texts.labels(route, "200")
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
         for stage in INFERENCE_STAGES:

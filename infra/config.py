@@ -23,7 +23,6 @@ NAMESPACE = "uninlu"
 PASSWORD_KEY = "registryPassword"
 DEFAULT_MODEL_ID = "iic/nlp_structbert_siamese-uninlu_chinese-base"
 DEFAULT_TORCH_INDEX_URL = "https://download.pytorch.org/whl/cpu"
-DEFAULT_SLO_P95_MS = 1000
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Kubernetes quantities as the API accepts them: "500m", "1.5", "2Gi", "256M".
@@ -76,6 +75,10 @@ class ImageSettings(_Model):
     )
     cache: bool = True
     build_on_preview: bool = False
+    # An existing buildx builder (docker-container, kubernetes or remote driver) to build with;
+    # None lets pulumi-docker-build pick or create one. The dev stack names the builder that
+    # `make kind-up` creates on the host network, so the push reaches localhost:5001.
+    builder: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     # Which runtime the image carries: ONNX Runtime without torch (lean; fp32 gives the torch
     # outputs exactly, int8 is ~4x faster on CPU), or torch (needed for GPU nodes).
     runtime: Literal["onnx", "onnx-int8", "torch"] = "onnx"
@@ -112,8 +115,17 @@ class Behavior(_Model):
     scale_down: ScalingRules | None = None
 
 
+# Renamed keys: the old name stops the preview with the new one, never a silent "unknown key".
+_RENAMED_AUTOSCALING_KEYS = {
+    "targetRequestsPerSecondPerPod": (
+        "targetTextsPerSecondPerPod",
+        "the metric now counts texts (a /predict/batch of n items is n), not HTTP calls",
+    ),
+}
+
+
 class Autoscaling(_Model):
-    """HPA on CPU and on predict requests per second per pod (the adapter's custom metric)."""
+    """HPA on CPU and on predict texts per second per pod (the adapter's custom metric)."""
 
     enabled: bool = True
     min_replicas: int = Field(1, ge=1)
@@ -121,9 +133,20 @@ class Autoscaling(_Model):
     target_cpu_utilization_percentage: int = Field(
         70, ge=1, le=100, alias="targetCPUUtilizationPercentage"
     )
-    # null turns the request-rate metric off (CPU only).
-    target_requests_per_second_per_pod: float | None = Field(10, gt=0)
+    # null turns the texts-per-second metric off (CPU only).
+    target_texts_per_second_per_pod: float | None = Field(4, gt=0)
     behavior: Behavior | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, (new, why) in _RENAMED_AUTOSCALING_KEYS.items():
+                if old in data:
+                    raise ValueError(
+                        f"{old} was renamed to {new} ({why}); rename the key in the stack file"
+                    )
+        return data
 
     @model_validator(mode="after")
     def _check_bounds(self) -> Autoscaling:
@@ -133,6 +156,22 @@ class Autoscaling(_Model):
                 f"maxReplicas ({self.max_replicas})"
             )
         return self
+
+
+DEFAULT_SLO_P95_MS = 1000
+
+
+class Capacity(_Model):
+    """The load the stack is sized for: its declared peak and its latency SLO. `make plan` turns
+    them, with the measured capacity of one pod, into the autoscaling targets."""
+
+    peak_texts_per_second: float | None = Field(None, gt=0)
+    slo_p95_ms: int | None = Field(None, ge=1, le=600_000)
+
+    @property
+    def slo_ms(self) -> int:
+        """The p95 latency objective, DEFAULT_SLO_P95_MS when the stack states none."""
+        return self.slo_p95_ms if self.slo_p95_ms is not None else DEFAULT_SLO_P95_MS
 
 
 class Pdb(_Model):
@@ -168,13 +207,6 @@ class Alerts(_Model):
     overload_ratio: float = Field(0.05, gt=0, le=1)
     restarts_per_hour: int = Field(3, ge=0)
     runbook_url: str | None = Field(None, pattern=r"^https?://[^\s#]+$")
-
-
-class Capacity(_Model):
-    """What the service must carry: peak load and the p95 latency objective."""
-
-    peak_texts_per_second: float | None = Field(None, gt=0)
-    slo_p95_ms: int | None = Field(None, ge=1, alias="sloP95Ms")
 
 
 class Monitoring(_Model):
@@ -237,6 +269,7 @@ class Settings(_Model):
     resources: Resources | None = None
     replicas: int = Field(1, ge=1)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    capacity: Capacity = Field(default_factory=Capacity)
     pdb: Pdb = Field(default_factory=Pdb)
     probes: Probes = Field(default_factory=Probes)
     server: Server = Field(default_factory=Server)
@@ -258,11 +291,11 @@ class Settings(_Model):
                 f"server.device: cuda needs image.runtime: torch (the {self.image.runtime} image "
                 "has no CUDA)"
             )
-        wants_rps = self.autoscaling.enabled and self.autoscaling.target_requests_per_second_per_pod
-        if wants_rps and not self.monitoring.install_adapter:
+        wants_texts = self.autoscaling.enabled and self.autoscaling.target_texts_per_second_per_pod
+        if wants_texts and not self.monitoring.install_adapter:
             raise ValueError(
-                "autoscaling.targetRequestsPerSecondPerPod: needs the Prometheus Adapter: set "
-                "monitoring.installAdapter: true, or targetRequestsPerSecondPerPod: null"
+                "autoscaling.targetTextsPerSecondPerPod: needs the Prometheus Adapter: set "
+                "monitoring.installAdapter: true, or targetTextsPerSecondPerPod: null"
             )
         slo_seconds = self.latency_slo_seconds
         if self.monitoring.prometheus_rule and slo_seconds not in LATENCY_BUCKETS:
@@ -277,7 +310,7 @@ class Settings(_Model):
     @property
     def latency_slo_seconds(self) -> float:
         """The p95 latency objective (capacity.sloP95Ms, default 1 s), in seconds."""
-        return (self.capacity.slo_p95_ms or DEFAULT_SLO_P95_MS) / 1000
+        return self.capacity.slo_ms / 1000
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ differ between a laptop and CI and show up as a spurious diff in every preview.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pulumi
 import pulumi_docker_build as docker_build
 
@@ -19,6 +22,7 @@ DOCKERFILE = "docker/Dockerfile"
 # same name replaces that stage with a local directory.
 MODEL_CONTEXT = "model"
 CACHE_TAG = "buildcache"
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 # Dockerfile targets per image.runtime: the ONNX image ships no torch.
 TARGETS = {"onnx": "runtime-onnx", "onnx-int8": "runtime-onnx", "torch": "runtime"}
 
@@ -108,14 +112,27 @@ class InferenceImage(pulumi.ComponentResource):
             cache_from=cache_from or None,
             cache_to=cache_to or None,
             build_on_preview=image.build_on_preview,
+            builder=docker_build.BuilderConfigArgs(name=image.builder) if image.builder else None,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        self.digest = built.digest
-        self.ref = built.digest.apply(lambda digest: _pinned(image.name, digest))
+        self.digest = built.digest.apply(
+            lambda digest: pushed_digest(image.name, digest, pulumi.runtime.is_dry_run())
+        )
+        self.ref = self.digest.apply(lambda digest: f"{image.name}@{digest}")
         self.register_outputs({"ref": self.ref, "digest": self.digest})
 
 
-def _pinned(repository: str, digest: str) -> str:
-    if not digest.startswith("sha256:"):
-        raise ValueError(f"the image push returned no sha256 digest for {repository}: {digest!r}")
-    return f"{repository}@{digest}"
+def pushed_digest(repository: str, digest: str | None, dry_run: bool) -> Any:
+    """The build's digest, checked; unknown while a preview skips the build.
+
+    With build_on_preview off, pulumi-docker-build answers a preview of an *update* with an empty
+    digest, a known "" (provider/internal/image.go: Update calls Create, which returns before
+    building on a dry run, and the infer framework of pulumi-go-provider marks outputs unknown
+    only on a create, infer/resource.go markComputed). That "" means "computed after the
+    build", so a preview carries it on as unknown. Outside a preview it means the push failed.
+    """
+    if digest and DIGEST.fullmatch(digest):
+        return digest
+    if dry_run and not digest:
+        return pulumi.UNKNOWN
+    raise ValueError(f"the image push returned no sha256 digest for {repository}: {digest!r}")

@@ -92,9 +92,29 @@ CASES = {
         },
         ["uninlu:pdb.enabled: needs at least 2 replicas (here 1)"],
     ),
-    "request-rate target without the adapter": (
+    "texts-rate target without the adapter": (
         {"overrides": with_changes("monitoring", installAdapter=False)},
-        ["uninlu:autoscaling.targetRequestsPerSecondPerPod: needs the Prometheus Adapter"],
+        ["uninlu:autoscaling.targetTextsPerSecondPerPod: needs the Prometheus Adapter"],
+    ),
+    "the renamed requests-per-second key": (
+        {
+            "overrides": with_changes(
+                "autoscaling", targetTextsPerSecondPerPod=None, targetRequestsPerSecondPerPod=20
+            )
+        },
+        [
+            "uninlu:autoscaling: targetRequestsPerSecondPerPod was renamed to "
+            "targetTextsPerSecondPerPod",
+            "counts texts",
+        ],
+    ),
+    "capacity with a zero SLO": (
+        {"overrides": {"capacity": {"sloP95Ms": 0}}},
+        ["uninlu:capacity.sloP95Ms", "greater than or equal to 1", "(got 0)"],
+    ),
+    "capacity with a negative peak": (
+        {"overrides": {"capacity": {"peakTextsPerSecond": -3}}},
+        ["uninlu:capacity.peakTextsPerSecond", "greater than 0"],
     ),
     "adapter without a Prometheus": (
         {"overrides": with_changes("monitoring", prometheusUrl=None)},
