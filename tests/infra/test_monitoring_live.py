@@ -26,6 +26,7 @@ from tests.app.conftest import ServerProcess, free_port
 from tests.app.test_server_load import HEAVY
 
 NAMESPACE = "ml"
+NS_MATCH = f'namespace="{NAMESPACE}"'
 FULLNAME = "nlu-uninlu"
 PODS = (f"{FULLNAME}-6d4cf-busy1", f"{FULLNAME}-6d4cf-drain")
 PROMETHEUS = shutil.which("prometheus")
@@ -162,7 +163,10 @@ def live(tiny_model_dir, tmp_path_factory):
         Path(tiny_model_dir), directory / "busy.log", MAX_QUEUE="2", MAX_BATCH_ITEMS="2"
     )
     draining = ServerProcess(
-        Path(tiny_model_dir), directory / "draining.log", DRAIN_DELAY_SECONDS="120"
+        Path(tiny_model_dir),
+        directory / "draining.log",
+        DRAIN_DELAY_SECONDS="120",
+        GRACEFUL_SHUTDOWN_SECONDS="150",
     )
     prometheus = Prometheus(directory, {PODS[0]: busy.port, PODS[1]: draining.port}, rule_file)
     try:
@@ -255,6 +259,25 @@ def test_request_rates_match_the_traffic(live):
         if k[0].startswith("/predict") and (k[0], int(k[1])) not in seen
     }
     assert all(v == 0 for v in quiet.values()), quiet
+
+
+def test_texts_per_second_match_the_traffic(live):
+    prometheus, manifests, seen, start, end = live
+    rule = _rule_exprs(manifests)["namespace_route:uninlu_predict_texts:rate2m"]
+    expr, seconds = _over_window(rule, start, end)
+    stretch = seconds / (seconds - 2.2)
+    texts = {"/predict": 1, "/predict/batch": BATCH_ITEMS}
+    answered = _by(
+        prometheus.query(expr.replace(NS_MATCH, f'{NS_MATCH},status="200"'), end), "route"
+    )
+    every = _by(prometheus.query(expr, end), "route")
+    for route, per_call in texts.items():
+        good = seen[(route, 200)] * per_call
+        sent = sum(count for (r, _), count in seen.items() if r == route) * per_call
+        assert good * 0.999 <= answered[(route,)] * seconds <= good * stretch, route
+        # Refused calls count too once their body parsed (not the invalid JSON ones).
+        assert good * 0.999 <= every[(route,)] * seconds <= sent * stretch, route
+    assert every[("/predict",)] > answered[("/predict",)]  # the 413s and 429s are in it
 
 
 def _ratio_tolerance(expected: float) -> float:

@@ -217,7 +217,7 @@ def test_shutdown_budget_fits_the_grace_period_the_program_deploys(result):
     terminationGracePeriodSeconds the program's release renders."""
     _, res = result
     manifests = rendered(res)
-    settings = Settings.from_env(find(manifests, "ConfigMap")["data"])
+    settings = Settings.from_env(find(manifests, "ConfigMap", name="uninlu")["data"])
     budget = settings.shutdown_budget
     pod = find(manifests, "Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]

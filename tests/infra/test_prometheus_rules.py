@@ -105,7 +105,7 @@ def test_alerts_carry_severity_summary_description_and_a_runbook_section():
         for heading in re.findall(r"^## (.+)$", runbook, flags=re.M)
     }
     alerts = _alerts(_render())
-    assert len(alerts) == 9
+    assert len(alerts) == 8
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in {"critical", "warning"}
         notes = rule["annotations"]
@@ -358,8 +358,8 @@ def _unit_tests() -> list[dict]:
             "UninluHPAAtMaxReplicas",
             _fired(
                 "warning",
-                f"HPA ml/{FULLNAME} has run 6 replicas, its maximum (6 in the "
-                "chart), for 15m; more load cannot be absorbed.",
+                f"HPA ml/{FULLNAME} has run 6 replicas, its maxReplicas, for 15m; more load "
+                "cannot be absorbed.",
                 "UninluHPAAtMaxReplicas",
                 hpa,
             ),
