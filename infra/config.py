@@ -75,6 +75,9 @@ class ImageSettings(_Model):
     )
     cache: bool = True
     build_on_preview: bool = False
+    # false: build nothing; release the digest that `tag` points at now (pushed and tested by
+    # another stack), resolved in the registry at deploy time. Promotion without a rebuild.
+    build: bool = True
     # An existing buildx builder (docker-container, kubernetes or remote driver) to build with;
     # None lets pulumi-docker-build pick or create one. The dev stack names the builder that
     # `make kind-up` creates on the host network, so the push reaches localhost:5001.
