@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -86,12 +87,27 @@ class ServerState:
         log.info("draining: /ready now answers 503 and new predictions are refused")
 
 
+def apply_thread_settings(settings: Settings, environ: dict | None = None) -> bool:
+    """Hand OMP_WAIT_POLICY to torch's OpenMP runtime, which reads it once, when torch loads
+    (serve() runs before any model import). False, with a warning, when torch is already loaded
+    and the setting cannot take effect in this process."""
+    environ = os.environ if environ is None else environ
+    environ["OMP_WAIT_POLICY"] = settings.omp_wait_policy
+    if "torch" in sys.modules:
+        log.warning("torch was loaded before the thread settings: OMP_WAIT_POLICY has no effect")
+        return False
+    return True
+
+
 def default_loader(settings: Settings) -> tuple[Any, Any]:
     if settings.backend in ("onnx", "onnx-int8"):  # never imports torch (the lean CPU image)
         from app.onnx_backend import load_onnx_backend
 
         return load_onnx_backend(
-            settings.model_path, settings.torch_threads, int8=settings.backend == "onnx-int8"
+            settings.model_path,
+            settings.torch_threads,
+            int8=settings.backend == "onnx-int8",
+            spinning=settings.intra_op_spinning,
         )
     from app.backend import load_backend  # torch is imported only when a model is loaded
 
@@ -369,6 +385,7 @@ def serve(settings: Settings | None = None) -> int:
             print(f"uninlu: invalid setting: {err}", file=sys.stderr)
             return 2
     configure_logging(settings)
+    apply_thread_settings(settings)
     if not settings.model_path:
         log.error("MODEL_PATH is not set: point it at a checkpoint directory")
         return 2

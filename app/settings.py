@@ -50,6 +50,21 @@ class Settings:
     torch_threads: int | None = _setting(
         None, "TORCH_THREADS", "intra-op threads for torch; unset = torch's default (all cores)"
     )
+    omp_wait_policy: str = _setting(
+        "PASSIVE",
+        "OMP_WAIT_POLICY",
+        "ACTIVE | PASSIVE: how torch's OpenMP threads (GNU libgomp) wait between parallel regions; "
+        "PASSIVE sleeps instead of spinning, so two threads do not collapse when another process "
+        "holds one of the cores (measured under a CPU hog: 2.8 s per call against 12.4 s "
+        "spinning); applied before torch loads",
+    )
+    intra_op_spinning: bool = _setting(
+        False,
+        "INTRA_OP_SPINNING",
+        "ONNX Runtime intra-op threads spin while waiting for work "
+        "(session.intra_op.allow_spinning); off: idle threads sleep, which keeps a busy or "
+        "CPU-limited node from stealing the core the other thread waits for",
+    )
     backend: str = _setting(
         "torch",
         "BACKEND",
@@ -131,6 +146,10 @@ class Settings:
         if self.backend not in ("torch", "torch-int8", "onnx", "onnx-int8"):
             raise SettingsError(
                 f"BACKEND must be torch, torch-int8, onnx or onnx-int8, got {self.backend!r}"
+            )
+        if self.omp_wait_policy not in ("ACTIVE", "PASSIVE"):
+            raise SettingsError(
+                f"OMP_WAIT_POLICY must be ACTIVE or PASSIVE, got {self.omp_wait_policy!r}"
             )
         if self.device not in ("auto", "cpu", "cuda"):
             raise SettingsError(f"DEVICE must be auto, cpu or cuda, got {self.device!r}")

@@ -149,6 +149,8 @@ class Server(_Model):
 
     device: Literal["auto", "cpu", "cuda"] | None = None
     torch_threads: int | None = Field(None, ge=1)
+    omp_wait_policy: Literal["ACTIVE", "PASSIVE"] | None = None
+    intra_op_spinning: bool | None = None
     max_text_chars: int | None = Field(None, ge=1)
     max_batch_tokens: int | None = Field(None, ge=1)
     batch_wait_ms: int | None = Field(None, ge=0)
