@@ -12,7 +12,7 @@ PIP_FLAGS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 # Pulumi: a local file state backend inside the repo unless the user configured one.
 export PULUMI_BACKEND_URL ?= file://$(CURDIR)/.pulumi-state
 
-.PHONY: help venv lint test test-fast serve up preview bench image-test clean
+.PHONY: help venv lint test test-fast serve up preview bench plan image-test clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -72,6 +72,10 @@ preview: ## pulumi preview --diff for STACK
 
 bench: venv ## benchmark on a full-size random checkpoint (prints a table, writes bench/out/)
 	$(PY) -m bench
+
+plan: venv ## autoscaling targets for STACK from one pod's measured capacity (PLAN_ARGS=--reuse: no measuring)
+	$(require_stack)
+	$(PY) -m bench.plan --stack $(STACK) $(PLAN_ARGS)
 
 image-test: venv ## build docker/Dockerfile with podman here and run it read-only, non-root
 	bash docker/image-test.sh
