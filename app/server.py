@@ -115,7 +115,7 @@ def create_app(settings: Settings, loader: Loader = default_loader) -> FastAPI:
             state.begin_drain()
             loading.cancel()
             if state.batcher is not None:
-                await state.batcher.close(timeout=settings.graceful_shutdown_seconds)
+                await state.batcher.close(timeout=settings.shutdown_budget.batcher_close)
             log.info("stopped")
 
     # FastAPIOffline serves /docs and /redoc from bundled files: clusters are often air-gapped.
@@ -381,7 +381,7 @@ def serve(settings: Settings | None = None) -> int:
         port=settings.port,
         log_config=None,
         access_log=False,  # ObservabilityMiddleware writes the access line
-        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+        timeout_graceful_shutdown=settings.shutdown_budget.http_graceful,
         lifespan="on",
         proxy_headers=False,
     )

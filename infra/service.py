@@ -19,6 +19,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi_kubernetes.helm.v3 import Release
 
+from app import shutdown
 from infra.config import Settings, StackConfig, has_registry_auth
 
 CHART_PATH = "./infra/chart"
@@ -28,6 +29,8 @@ FULLNAME = "uninlu"
 PULL_SECRET_NAME = "uninlu-registry"
 # Margin over the model-load budget for one pod: image pull and scheduling come first.
 RELEASE_TIMEOUT_MARGIN_SECONDS = 180
+# The pod's preStop sleep: endpoints and kube-proxy stop routing to it before SIGTERM.
+PRE_STOP_SLEEP_SECONDS = 5
 # A rollout surges this share of the pods at a time (never fewer ready pods: maxUnavailable 0), so
 # it takes at most 100 / 25 = 4 waves of new pods, whatever maxReplicas is.
 ROLLOUT_SURGE_PERCENT = 25
@@ -69,6 +72,20 @@ def chart_fingerprint(chart_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def _shutdown_values(settings: Settings) -> tuple[int, dict[str, int]]:
+    """server.gracefulShutdownSeconds and the pod lifecycle it needs, from one budget
+    (app/shutdown.py): the grace period covers the preStop sleep and the whole budget."""
+    budget = settings.server.graceful_shutdown_seconds
+    if budget is None:
+        budget = shutdown.DEFAULT_GRACEFUL_SHUTDOWN_SECONDS
+    return budget, {
+        "preStopSleepSeconds": PRE_STOP_SLEEP_SECONDS,
+        "terminationGracePeriodSeconds": shutdown.termination_grace_period(
+            budget, PRE_STOP_SLEEP_SECONDS
+        ),
+    }
+
+
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
@@ -106,8 +123,25 @@ def _metrics_values(settings: Settings) -> dict[str, Any]:
     service_monitor: dict[str, Any] = {"enabled": monitoring.service_monitor}
     if monitoring.service_monitor_labels:
         service_monitor["labels"] = dict(monitoring.service_monitor_labels)
+    alerts = monitoring.alerts
+    prometheus_rule: dict[str, Any] = {"enabled": monitoring.prometheus_rule}
+    if monitoring.prometheus_rule:
+        prometheus_rule |= {
+            "labels": dict(monitoring.prometheus_rule_labels),
+            "latencySloSeconds": settings.latency_slo_seconds,
+            "errorRatio": alerts.error_ratio,
+            "overloadRatio": alerts.overload_ratio,
+            "restartsPerHour": alerts.restarts_per_hour,
+        }
+        if alerts.runbook_url:
+            prometheus_rule["runbookUrl"] = alerts.runbook_url
     # A ServiceMonitor scrapes the pods already; scrape annotations would make a second job do it.
-    return {"scrapeAnnotations": not monitoring.service_monitor, "serviceMonitor": service_monitor}
+    return {
+        "scrapeAnnotations": not monitoring.service_monitor,
+        "serviceMonitor": service_monitor,
+        "prometheusRule": prometheus_rule,
+        "grafanaDashboard": {"enabled": monitoring.grafana_dashboard},
+    }
 
 
 def _ingress_values(settings: Settings) -> dict[str, Any]:
@@ -151,9 +185,9 @@ def chart_values(
         "ingress": _ingress_values(settings),
         "metrics": _metrics_values(settings),
     }
+    graceful_shutdown, values["lifecycle"] = _shutdown_values(settings)
     server = settings.server.model_dump(by_alias=True, exclude_none=True)
-    if server:
-        values["server"] = server
+    values["server"] = server | {"gracefulShutdownSeconds": graceful_shutdown}
     if settings.resources is not None:
         values["resources"] = settings.resources.model_dump(by_alias=True, exclude_none=True)
     return values

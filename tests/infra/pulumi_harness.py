@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pulumi
 import yaml
 from pulumi.runtime import rpc
@@ -123,11 +124,35 @@ class Registered:
         return integral(unwrap(self.inputs))
 
 
-class Recorder(pulumi.runtime.Mocks):
-    """Echoes inputs as outputs; a build's digest is a hash of its inputs, like a real rebuild."""
+GET_REGISTRY_IMAGE = "docker:index/getRegistryImage:getRegistryImage"
 
-    def __init__(self) -> None:
+
+class ProviderError(grpc.RpcError):
+    """An error a provider returns over gRPC (what the SDK reports as the invoke's failure, not as
+    a crash of the program's own RPCs)."""
+
+    def __init__(self, details: str) -> None:
+        super().__init__(details)
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNKNOWN
+
+    def details(self) -> str:
+        return self._details
+
+
+class Recorder(pulumi.runtime.Mocks):
+    """Echoes inputs as outputs; a build's digest is a hash of its inputs, like a real rebuild.
+
+    `registry` is what the registry holds ({"host/repo:tag": "sha256:..."}), for pulumi-docker's
+    getRegistryImage; a tag it lacks fails as the provider's data source does
+    (kreuzwerker/terraform-provider-docker, data_source_docker_registry_image.go)."""
+
+    def __init__(self, registry: dict[str, str] | None = None) -> None:
         self.inputs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.registry = dict(registry or {})
+        self.invokes: list[tuple[str, dict[str, Any]]] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.inputs[(args.typ, args.name)] = args.inputs
@@ -140,6 +165,16 @@ class Recorder(pulumi.runtime.Mocks):
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        self.invokes.append((args.token, args.args))
+        if args.token == GET_REGISTRY_IMAGE:
+            name = args.args["name"]
+            if name not in self.registry:
+                repository, tag = name.rsplit(":", 1)
+                raise ProviderError(
+                    f"Got error when attempting to fetch image version {repository}:{tag} from "
+                    "registry: Error during registry request: 404 manifest unknown"
+                )
+            return {"id": name, "name": name, "sha256Digest": self.registry[name]}
         return {}
 
 
@@ -194,10 +229,11 @@ def start(
     overrides: dict[str, Any] | None = None,
     remove: tuple[str, ...] = (),
     secrets: dict[str, str] | None = None,
+    registry: dict[str, str] | None = None,
 ) -> Run:
     """Install mocks and the stack's config. `overrides` replace whole keys; `secrets` are set the
-    way `pulumi config set --secret` would. Call the program after this, inside a
-    @pulumi.runtime.test function."""
+    way `pulumi config set --secret` would; `registry` is what the registry holds. Call the
+    program after this, inside a @pulumi.runtime.test function."""
     config, secret_keys = load_stack_yaml(stack_file or REPO / f"Pulumi.{stack}.yaml")
     for key, value in (overrides or {}).items():
         config[full_key(key)] = encode(value)
@@ -206,7 +242,7 @@ def start(
     for key, value in (secrets or {}).items():
         config[full_key(key)] = value
         secret_keys.append(full_key(key))
-    recorder = Recorder()
+    recorder = Recorder(registry)
     monitor = RecordingMonitor(recorder)
     pulumi.runtime.set_mocks(recorder, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(config, secret_keys)

@@ -22,7 +22,9 @@ from pulumi_harness import (
     start,
 )
 
+from app import shutdown
 from app.metrics import PREDICT_ROUTES, PREDICT_TEXTS_METRIC, PREDICT_TEXTS_TOTAL
+from app.settings import Settings
 from infra import monitoring
 from infra.chart_render import find, render_chart, validate_manifests
 from infra.image import DOCKERFILE, TARGETS
@@ -99,6 +101,10 @@ def test_image_build_args_and_push_settings(result):
     assert image["tags"] == [f"{name}:{config['image']['tag']}"]
     assert image["platforms"] == ["linux/amd64"]
     assert image["buildOnPreview"] is False
+    if stack == "dev":  # the host-network builder `make kind-up` creates
+        assert image["builder"] == {"name": "uninlu-kind"}
+    else:
+        assert "builder" not in image
     if config["image"]["cache"]:
         assert image["cacheFrom"] == [{"registry": {"ref": f"{name}:buildcache"}}]
         assert image["cacheTo"][0]["registry"]["ref"] == f"{name}:buildcache"
@@ -182,13 +188,45 @@ def test_service_release_values_come_from_the_stack_file(result):
     }
     assert values["pdb"]["enabled"] is config["pdb"]["enabled"]
     assert values["resources"] == config["resources"]
-    assert values["server"] == config["server"]
+    assert values["server"] == {"gracefulShutdownSeconds": 30, **config["server"]}
     assert values["probes"] == config["probes"]
     assert values["metrics"]["serviceMonitor"]["enabled"] is (stack == "prod")
+    rule = values["metrics"]["prometheusRule"]
+    assert rule["enabled"] is (stack == "prod")
+    assert values["metrics"]["grafanaDashboard"] == {"enabled": stack == "prod"}
+    if stack == "prod":
+        alerts = config["monitoring"]["alerts"]
+        assert rule == {
+            "enabled": True,
+            "labels": config["monitoring"]["prometheusRuleLabels"],
+            "latencySloSeconds": 1.0,  # capacity.sloP95Ms unset: the default 1000 ms
+            "errorRatio": 0.01,
+            "overloadRatio": 0.05,
+            "restartsPerHour": 3,
+            "runbookUrl": alerts["runbookUrl"],
+        }
     repository, digest = res.outputs["imageRef"].split("@")
     assert values["image"] == {"repository": repository, "digest": digest}
     expected_pull = [{"name": "uninlu-registry"}] if stack == "prod" else []
     assert values["imagePullSecrets"] == expected_pull
+
+
+def test_shutdown_budget_fits_the_grace_period_the_program_deploys(result):
+    """server.gracefulShutdownSeconds -> the server's split (drain delay, in-flight requests,
+    batcher close: what the pod reads from its ConfigMap) + the preStop sleep, against the
+    terminationGracePeriodSeconds the program's release renders."""
+    _, res = result
+    manifests = rendered(res)
+    settings = Settings.from_env(find(manifests, "ConfigMap", name="uninlu")["data"])
+    budget = settings.shutdown_budget
+    pod = find(manifests, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert budget.drain_delay + budget.http_graceful + budget.batcher_close == 30
+    assert (
+        sleep + budget.total + shutdown.EXIT_MARGIN_SECONDS == pod["terminationGracePeriodSeconds"]
+    )
+    assert release_inputs(res)["values"]["lifecycle"]["terminationGracePeriodSeconds"] == 40
 
 
 def test_dependency_order(result):
@@ -341,7 +379,7 @@ def test_torch_runtime_for_gpu_nodes():
     image = res.run.one(IMAGE).plain_inputs
     assert image["target"] == "runtime"
     assert "ONNX_BACKEND" not in image["buildArgs"]
-    assert find(rendered(res), "ConfigMap")["data"]["DEVICE"] == "cuda"
+    assert find(rendered(res), "ConfigMap", name="uninlu")["data"]["DEVICE"] == "cuda"
 
 
 def test_fixed_replicas_without_autoscaling():
