@@ -1,6 +1,11 @@
 """The Grafana dashboard the chart ships (infra/chart/dashboards/uninlu.json), built with Grafana's
 own grafana-foundation-sdk rather than hand-written JSON.
 
+Why this library: grafana-foundation-sdk is maintained by Grafana Labs and generated from
+Grafana's own schemas (one release line per Grafana version; pinned to the 11.6 line), so the
+builders know every panel option. grafanalib, the older community library, hand-writes a class
+per panel that trails new Grafana releases; grafonnet needs a Jsonnet toolchain.
+
 Panels read the chart's recording rules (templates/prometheusrule.yaml) where one exists, and the
 kube-state-metrics / cAdvisor series of kube-prometheus-stack for replicas, CPU and memory.
 `$namespace` picks the release's namespace, `$name` its resource name (the chart's fullname,
