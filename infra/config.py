@@ -459,11 +459,14 @@ def capacity_warning(settings: Settings, path: Path) -> str | None:
     cpus = pod_cpus(settings)
     if not settings.autoscaling.enabled or target is None or cpus is None:
         return None
-    record = recorded_capacity(settings.image.runtime, cpus, path)
-    if record is None or target <= record["texts_per_second"]:
-        return None
-    note = " (provisional measurement)" if record.get("provisional") else ""
     shown = path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
+    try:
+        record = recorded_capacity(settings.image.runtime, cpus, path)
+        if record is None or target <= float(record["texts_per_second"]):
+            return None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"{shown} is not a readable capacity record ({err!r}); the texts target is unchecked"
+    note = " (provisional measurement)" if record.get("provisional") else ""
     return (
         f"{NAMESPACE}:autoscaling.targetTextsPerSecondPerPod is {target:g} texts/s per pod, above "
         f"the recorded capacity of one {settings.image.runtime} pod with {cpus:g} CPUs: "

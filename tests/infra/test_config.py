@@ -254,6 +254,13 @@ def test_no_warning_within_capacity_or_without_a_matching_record(monkeypatch, tm
     assert _warnings_of_prod(monkeypatch, tmp_path / "missing.json", target=20) == []
 
 
+def test_an_unreadable_capacity_file_is_a_warning_not_a_traceback(monkeypatch, tmp_path):
+    broken = tmp_path / "capacity.json"
+    broken.write_text('{"records": [{"runtime": "onnx"')
+    (warning,) = _warnings_of_prod(monkeypatch, broken, target=20)
+    assert "is not a readable capacity record" in warning and str(broken) in warning
+
+
 @pytest.mark.parametrize(
     ("quantity", "cores"), [("2", 2.0), ("1.5", 1.5), ("500m", 0.5), ("2500m", 2.5)]
 )
