@@ -17,7 +17,7 @@ PREDICT_ROUTES = ("/predict", "/predict/batch")
 # Below: the metric objects of DESIGN.md §4. Each app gets its own registry, so tests can run
 # several apps in one process and /metrics shows exactly this server's series.
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # Bounded label values: the rejection causes the server can report.
 REJECT_REASONS = (
@@ -57,7 +57,7 @@ class Metrics:
             "uninlu_request_duration_seconds",
             "Time from request start to the end of the response, by route template",
             ("route",),
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.inflight = Gauge(
@@ -71,7 +71,7 @@ class Metrics:
         self.queue_wait = Histogram(
             "uninlu_queue_wait_seconds",
             "Time a prediction waited before the inference worker took it",
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.inference = Histogram(
@@ -79,7 +79,7 @@ class Metrics:
             "Worker time per stage: tokenize (text), encode / score (backend calls), "
             "decode (spans and next-level prompts)",
             ("stage",),
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(

@@ -17,6 +17,8 @@ from pulumi.runtime import config as runtime_config
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from app.metrics import LATENCY_BUCKETS
+
 NAMESPACE = "uninlu"
 PASSWORD_KEY = "registryPassword"
 DEFAULT_MODEL_ID = "iic/nlp_structbert_siamese-uninlu_chinese-base"
@@ -201,6 +203,15 @@ class Server(_Model):
     graceful_shutdown_seconds: int | None = Field(None, ge=0)
 
 
+class Alerts(_Model):
+    """Alert thresholds of the chart's PrometheusRule; the latency SLO is capacity.sloP95Ms."""
+
+    error_ratio: float = Field(0.01, gt=0, le=1)
+    overload_ratio: float = Field(0.05, gt=0, le=1)
+    restarts_per_hour: int = Field(3, ge=0)
+    runbook_url: str | None = Field(None, pattern=r"^https?://[^\s#]+$")
+
+
 class Monitoring(_Model):
     """Prometheus Adapter (always, unless managed elsewhere), and for laptops a small Prometheus."""
 
@@ -212,6 +223,12 @@ class Monitoring(_Model):
     prometheus_port: int = Field(9090, ge=1, le=65535)
     service_monitor: bool = False
     service_monitor_labels: dict[str, str] = Field(default_factory=dict)
+    # The chart's PrometheusRule (recording rules + alerts, docs/runbook.md) and its Grafana
+    # dashboard ConfigMap: both need kube-prometheus-stack (operator CRDs, Grafana sidecar).
+    prometheus_rule: bool = False
+    prometheus_rule_labels: dict[str, str] = Field(default_factory=dict)
+    grafana_dashboard: bool = False
+    alerts: Alerts = Field(default_factory=Alerts)
 
     @model_validator(mode="after")
     def _check_prometheus(self) -> Monitoring:
@@ -262,6 +279,7 @@ class Settings(_Model):
     monitoring: Monitoring
     service: Service = Field(default_factory=Service)
     ingress: Ingress = Field(default_factory=Ingress)
+    capacity: Capacity = Field(default_factory=Capacity)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
@@ -282,7 +300,20 @@ class Settings(_Model):
                 "autoscaling.targetTextsPerSecondPerPod: needs the Prometheus Adapter: set "
                 "monitoring.installAdapter: true, or targetTextsPerSecondPerPod: null"
             )
+        slo_seconds = self.latency_slo_seconds
+        if self.monitoring.prometheus_rule and slo_seconds not in LATENCY_BUCKETS:
+            bounds = ", ".join(f"{bound * 1000:g}" for bound in LATENCY_BUCKETS)
+            raise ValueError(
+                f"capacity.sloP95Ms: the latency alerts count requests slower than the SLO, so it "
+                f"must be a bucket bound of uninlu_request_duration_seconds ({bounds} ms); "
+                f"got {slo_seconds * 1000:g}"
+            )
         return self
+
+    @property
+    def latency_slo_seconds(self) -> float:
+        """The p95 latency objective (capacity.sloP95Ms, default 1 s), in seconds."""
+        return self.capacity.slo_ms / 1000
 
 
 @dataclass(frozen=True)

@@ -124,8 +124,25 @@ def _metrics_values(settings: Settings) -> dict[str, Any]:
     service_monitor: dict[str, Any] = {"enabled": monitoring.service_monitor}
     if monitoring.service_monitor_labels:
         service_monitor["labels"] = dict(monitoring.service_monitor_labels)
+    alerts = monitoring.alerts
+    prometheus_rule: dict[str, Any] = {"enabled": monitoring.prometheus_rule}
+    if monitoring.prometheus_rule:
+        prometheus_rule |= {
+            "labels": dict(monitoring.prometheus_rule_labels),
+            "latencySloSeconds": settings.latency_slo_seconds,
+            "errorRatio": alerts.error_ratio,
+            "overloadRatio": alerts.overload_ratio,
+            "restartsPerHour": alerts.restarts_per_hour,
+        }
+        if alerts.runbook_url:
+            prometheus_rule["runbookUrl"] = alerts.runbook_url
     # A ServiceMonitor scrapes the pods already; scrape annotations would make a second job do it.
-    return {"scrapeAnnotations": not monitoring.service_monitor, "serviceMonitor": service_monitor}
+    return {
+        "scrapeAnnotations": not monitoring.service_monitor,
+        "serviceMonitor": service_monitor,
+        "prometheusRule": prometheus_rule,
+        "grafanaDashboard": {"enabled": monitoring.grafana_dashboard},
+    }
 
 
 def _ingress_values(settings: Settings) -> dict[str, Any]:

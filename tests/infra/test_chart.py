@@ -52,7 +52,11 @@ PRODUCTION = {
         "hosts": [{"host": "nlu.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
         "tls": [{"secretName": "nlu-tls", "hosts": ["nlu.example.com"]}],
     },
-    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "metrics": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+        "grafanaDashboard": {"enabled": True},
+    },
     "networkPolicy": {
         "ingressFrom": [
             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
@@ -209,7 +213,7 @@ def test_pod_security(rendered):
 def test_graceful_termination_outlasts_prestop_and_drain(rendered):
     _, manifests = rendered
     pod, server = _pod(manifests), _server(manifests)
-    settings = find(manifests, "ConfigMap")["data"]
+    settings = find(manifests, "ConfigMap", name="nlu-uninlu")["data"]
     sleep = int(server["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert sleep > 0
     assert pod["terminationGracePeriodSeconds"] > sleep + int(settings["GRACEFUL_SHUTDOWN_SECONDS"])
@@ -288,7 +292,7 @@ def test_pdb_allows_drains(rendered):
 
 def test_configmap_carries_valid_server_settings(rendered):
     _, manifests = rendered
-    config = find(manifests, "ConfigMap")
+    config = find(manifests, "ConfigMap", name="nlu-uninlu")
     design_settings = {
         "MODEL_PATH", "PORT", "WARMUP_TEXT", "DEVICE", "TORCH_THREADS", "MAX_TEXT_CHARS",
         "MAX_SCHEMA_NODES", "MAX_SCHEMA_DEPTH", "MAX_BATCH_TOKENS", "BATCH_WAIT_MS", "MAX_QUEUE",
@@ -447,7 +451,7 @@ def test_service_monitor_network_policy_and_ingress():
     assert ingress["spec"]["tls"] == PRODUCTION["ingress"]["tls"]
     # optional kinds stay off by default
     kinds = {m["kind"] for m in render_chart({})}
-    assert not kinds & {"ServiceMonitor", "Ingress"}
+    assert not kinds & {"ServiceMonitor", "PrometheusRule", "Ingress"}
 
 
 def test_notes_tell_how_to_reach_the_service():

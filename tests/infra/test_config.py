@@ -128,6 +128,18 @@ CASES = {
         {"overrides": with_changes("image", runtime="tensorrt")},
         ["uninlu:image.runtime", "'onnx', 'onnx-int8' or 'torch'"],
     ),
+    "latency SLO between the histogram's buckets": (
+        {"overrides": {"capacity": {"sloP95Ms": 800}}},
+        [
+            "uninlu:capacity.sloP95Ms: the latency alerts count requests slower than the SLO",
+            "500, 1000, 2500",
+            "got 800",
+        ],
+    ),
+    "alert threshold out of range": (
+        {"overrides": with_changes("monitoring", alerts={"errorRatio": 5})},
+        ["uninlu:monitoring.alerts.errorRatio", "less than or equal to 1"],
+    ),
     "local model without a directory": (
         {"overrides": {"model": {"source": "local", "path": "no/such/dir"}}},
         ["uninlu:model.path", "no/such/dir is not a directory"],

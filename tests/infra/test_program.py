@@ -191,6 +191,20 @@ def test_service_release_values_come_from_the_stack_file(result):
     assert values["server"] == {"gracefulShutdownSeconds": 30, **config["server"]}
     assert values["probes"] == config["probes"]
     assert values["metrics"]["serviceMonitor"]["enabled"] is (stack == "prod")
+    rule = values["metrics"]["prometheusRule"]
+    assert rule["enabled"] is (stack == "prod")
+    assert values["metrics"]["grafanaDashboard"] == {"enabled": stack == "prod"}
+    if stack == "prod":
+        alerts = config["monitoring"]["alerts"]
+        assert rule == {
+            "enabled": True,
+            "labels": config["monitoring"]["prometheusRuleLabels"],
+            "latencySloSeconds": 1.0,  # capacity.sloP95Ms unset: the default 1000 ms
+            "errorRatio": 0.01,
+            "overloadRatio": 0.05,
+            "restartsPerHour": 3,
+            "runbookUrl": alerts["runbookUrl"],
+        }
     repository, digest = res.outputs["imageRef"].split("@")
     assert values["image"] == {"repository": repository, "digest": digest}
     expected_pull = [{"name": "uninlu-registry"}] if stack == "prod" else []
@@ -203,7 +217,7 @@ def test_shutdown_budget_fits_the_grace_period_the_program_deploys(result):
     terminationGracePeriodSeconds the program's release renders."""
     _, res = result
     manifests = rendered(res)
-    settings = Settings.from_env(find(manifests, "ConfigMap")["data"])
+    settings = Settings.from_env(find(manifests, "ConfigMap", name="uninlu")["data"])
     budget = settings.shutdown_budget
     pod = find(manifests, "Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -365,7 +379,7 @@ def test_torch_runtime_for_gpu_nodes():
     image = res.run.one(IMAGE).plain_inputs
     assert image["target"] == "runtime"
     assert "ONNX_BACKEND" not in image["buildArgs"]
-    assert find(rendered(res), "ConfigMap")["data"]["DEVICE"] == "cuda"
+    assert find(rendered(res), "ConfigMap", name="uninlu")["data"]["DEVICE"] == "cuda"
 
 
 def test_fixed_replicas_without_autoscaling():

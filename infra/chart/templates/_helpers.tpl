@@ -184,3 +184,8 @@ seccompProfile:
 {{- end }}
 {{- toYaml $res }}
 {{- end }}
+
+{{/* PromQL regex of the predict route templates (app/metrics.py PREDICT_ROUTES; a test pins them). */}}
+{{- define "uninlu.predictRoutes" -}}
+/predict|/predict/batch
+{{- end }}
