@@ -9,7 +9,7 @@ per panel that trails new Grafana releases; grafonnet needs a Jsonnet toolchain.
 Panels read the chart's recording rules (templates/prometheusrule.yaml) where one exists, and the
 kube-state-metrics / cAdvisor series of kube-prometheus-stack for replicas, CPU and memory.
 `$namespace` picks the release's namespace, `$name` its resource name (the chart's fullname,
-which the Pulumi program fixes to "uninlu").
+which the Pulumi program fixes to infra.service.FULLNAME, the variable's default).
 
     python -m infra.dashboard          # regenerate the committed JSON (a test checks it is current)
 """
@@ -25,12 +25,14 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableOption, VariableRefresh
 
 from infra.chart_render import CHART_DIR
+from infra.monitoring import predict_route_regex
+from infra.service import FULLNAME
 
 DASHBOARD_FILE = CHART_DIR / "dashboards" / "uninlu.json"
 UID = "uninlu-service"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 NS = 'namespace="$namespace"'
-PREDICT = f'{NS},route=~"/predict|/predict/batch"'
+PREDICT = f'{NS},route=~"{predict_route_regex()}"'
 SERVER = f'{NS},pod=~"$name-.+",container="server"'
 # The p95 SLO's error budget: the burn rate is the slow share divided by it (5 %).
 LATENCY_BUDGET = 0.05
@@ -243,8 +245,8 @@ def build() -> dict:
         .with_variable(
             dashboard.TextBoxVariable("name")
             .label("Release fullname")
-            .default_value("uninlu")
-            .current(VariableOption(text="uninlu", value="uninlu"))
+            .default_value(FULLNAME)
+            .current(VariableOption(text=FULLNAME, value=FULLNAME))
         )
     )
     for panel_id, spec in enumerate(PANELS, start=1):
