@@ -131,7 +131,7 @@ def create_app(settings: Settings, loader: Loader = default_loader) -> FastAPI:
             state.begin_drain()
             loading.cancel()
             if state.batcher is not None:
-                await state.batcher.close(timeout=settings.graceful_shutdown_seconds)
+                await state.batcher.close(timeout=settings.shutdown_budget.batcher_close)
             log.info("stopped")
 
     # FastAPIOffline serves /docs and /redoc from bundled files: clusters are often air-gapped.
@@ -261,6 +261,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/predict", response_model=PredictResponse, responses=_ERRORS, summary="Extract")
     async def predict(body: PredictRequest, request: Request) -> PredictResponse:
         """Extract what the schema asks for from one text."""
+        request.state.texts = 1  # counted whatever the answer (uninlu_predict_texts_total)
         job = _to_job(body, settings, where="")
         request.state.text_chars = len(job.text)
         request.state.schema_nodes = _count_nodes(job.schema)
@@ -274,6 +275,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     )
     async def predict_batch(body: BatchRequest, request: Request) -> BatchResponse:
         """Several texts (each with its own schema) in one call; results in item order."""
+        request.state.texts = len(body.items)  # counted whatever the answer, even a 413
         if len(body.items) > settings.max_batch_items:
             raise ApiError(
                 413,
@@ -396,7 +398,7 @@ def serve(settings: Settings | None = None) -> int:
         port=settings.port,
         log_config=None,
         access_log=False,  # ObservabilityMiddleware writes the access line
-        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+        timeout_graceful_shutdown=settings.shutdown_budget.http_graceful,
         lifespan="on",
         proxy_headers=False,
     )
