@@ -37,8 +37,8 @@ THRESHOLD = 0.5  # on the raw logits (ModelScope compares logits, not sigmoid pr
 SLICE_TOKENS = 1024  # most tokens of one request per backend call (the scheduler's slice)
 MAX_PROMPT_ROWS = 4096  # most prompt rows of one request
 # About 52 s of one pod's worker at the measured 1.3 ms per model token (full-size int8, 2 cores:
-# the 3,000-character 10-type request of issue 15, 38,358 tokens, took 50 s): under the default
-# 60 s request timeout. See README "Fair scheduling, deadlines and the cost budget".
+# the 3,000-character 10-type request of issue 15, about 38,300 tokens, took 50 s): under the
+# default 60 s request timeout. See README "Fair scheduling, deadlines and the cost budget".
 MAX_REQUEST_COST = 40000
 
 
