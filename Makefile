@@ -12,7 +12,7 @@ PIP_FLAGS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 # Pulumi: a local file state backend inside the repo unless the user configured one.
 export PULUMI_BACKEND_URL ?= file://$(CURDIR)/.pulumi-state
 
-.PHONY: help venv lint test test-fast serve up preview bench image-test clean
+.PHONY: help venv lint test test-fast serve up preview kind-up kind-down bench image-test dashboard clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -70,11 +70,20 @@ preview: ## pulumi preview --diff for STACK
 	$(pulumi_stack)
 	pulumi preview --diff --stack $(STACK)
 
+kind-up: ## the dev stack's laptop cluster: kind, registry localhost:5001, buildx builder (idempotent)
+	@bash infra/kind/up.sh
+
+kind-down: ## remove what kind-up made (cluster, registry, builder)
+	@bash infra/kind/down.sh
+
 bench: venv ## benchmark on a full-size random checkpoint (prints a table, writes bench/out/)
 	$(PY) -m bench
 
 image-test: venv ## build docker/Dockerfile with podman here and run it read-only, non-root
 	bash docker/image-test.sh
+
+dashboard: venv ## regenerate the chart's Grafana dashboard JSON (infra/chart/dashboards/uninlu.json)
+	$(PY) -m infra.dashboard
 
 clean: ## remove the venvs and generated files
 	rm -rf $(VENV) $(CHECKOV_VENV) .models bench/out .pytest_cache .ruff_cache

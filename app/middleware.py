@@ -71,8 +71,8 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class ObservabilityMiddleware:
-    """Pure ASGI: request id, in-flight gauge, request counter and duration by route template,
-    and the access log line; once per HTTP request, whatever the outcome."""
+    """Pure ASGI: request id, in-flight gauge, request and predict-text counters and duration by
+    route template, and the access log line; once per HTTP request, whatever the outcome."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, routes: list):
         self.app = app
@@ -107,6 +107,8 @@ class ObservabilityMiddleware:
             metrics.requests_total.labels(route, scope["method"], str(status)).inc()
             metrics.request_duration.labels(route).observe(elapsed)
             info = scope.get("state", {})
+            if "texts" in info:  # set by the predict routes once the body parsed
+                metrics.predict_texts.labels(route, str(status)).inc(info["texts"])
             extra = {
                 "request_id": rid,
                 "method": scope["method"],

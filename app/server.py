@@ -140,7 +140,7 @@ def create_app(settings: Settings, loader: Loader = default_loader) -> FastAPI:
             state.begin_drain()
             loading.cancel()
             if state.batcher is not None:
-                await state.batcher.close(timeout=settings.graceful_shutdown_seconds)
+                await state.batcher.close(timeout=settings.shutdown_budget.batcher_close)
             if state.admission is not None:
                 state.admission.close()
             log.info("stopped")
@@ -282,6 +282,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     async def predict(body: PredictRequest, request: Request) -> PredictResponse:
         """Extract what the schema asks for from one text. Header `X-Request-Timeout: <seconds>`
         asks for a shorter time limit than the server's REQUEST_TIMEOUT_SECONDS."""
+        request.state.texts = 1  # counted whatever the answer (uninlu_predict_texts_total)
         limit = _time_limit(request, settings)
         job = _to_job(body, settings, where="")
         request.state.text_chars = len(job.text)
@@ -297,6 +298,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     async def predict_batch(body: BatchRequest, request: Request) -> BatchResponse:
         """Several texts (each with its own schema) in one call; results in item order. The time
         limit (and X-Request-Timeout) applies to the whole batch."""
+        request.state.texts = len(body.items)  # counted whatever the answer, even a 413
         limit = _time_limit(request, settings)
         if len(body.items) > settings.max_batch_items:
             raise ApiError(
@@ -490,7 +492,7 @@ def serve(settings: Settings | None = None) -> int:
         port=settings.port,
         log_config=None,
         access_log=False,  # ObservabilityMiddleware writes the access line
-        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+        timeout_graceful_shutdown=settings.shutdown_budget.http_graceful,
         lifespan="on",
         proxy_headers=False,
     )

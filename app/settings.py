@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from app import shutdown
 from app.pipeline import MAX_PROMPT_ROWS, MAX_REQUEST_COST, SLICE_TOKENS
 
 SCHEDULERS = ("round_robin", "least_attained", "shortest_remaining", "legacy")
@@ -135,16 +136,16 @@ class Settings:
         False, "LOG_REQUEST_TEXT", "also log the request text (off: texts may be personal data)"
     )
     graceful_shutdown_seconds: int = _setting(
-        30,
+        shutdown.DEFAULT_GRACEFUL_SHUTDOWN_SECONDS,
         "GRACEFUL_SHUTDOWN_SECONDS",
-        "after SIGTERM (and the drain delay), how long in-flight requests may take to finish",
+        "the whole shutdown after SIGTERM: drain delay, then in-flight requests, then the "
+        "batcher's close (app/shutdown.py splits it; the pod's grace period covers it)",
     )
     drain_delay_seconds: float = _setting(
         0.0,
         "DRAIN_DELAY_SECONDS",
         "after SIGTERM, keep answering (/ready 503, new predictions 503) this long before closing "
-        "the listener, so load balancers see the pod leave; pod grace period must cover "
-        "this + GRACEFUL_SHUTDOWN_SECONDS",
+        "the listener, so load balancers see the pod leave; part of GRACEFUL_SHUTDOWN_SECONDS",
     )
 
     def __post_init__(self) -> None:
@@ -160,6 +161,10 @@ class Settings:
         for name in ("batch_wait_ms", "graceful_shutdown_seconds", "drain_delay_seconds"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_env(name)} must not be negative")
+        try:
+            shutdown.split(self.graceful_shutdown_seconds, self.drain_delay_seconds)
+        except shutdown.ShutdownBudgetError as err:
+            raise SettingsError(str(err)) from None
         if self.max_batch_items > self.max_queue:
             raise SettingsError(
                 "MAX_BATCH_ITEMS must not exceed MAX_QUEUE (such a batch never fits)"
@@ -188,6 +193,11 @@ class Settings:
                 continue
             values[f.name] = _parse(f, raw.strip())
         return cls(**values)
+
+    @property
+    def shutdown_budget(self) -> shutdown.ShutdownBudget:
+        """GRACEFUL_SHUTDOWN_SECONDS split into drain delay, HTTP drain and batcher close."""
+        return shutdown.split(self.graceful_shutdown_seconds, self.drain_delay_seconds)
 
     def describe(self) -> dict[str, Any]:
         """Every setting by its environment name, for the start-up log line."""

@@ -92,9 +92,29 @@ CASES = {
         },
         ["uninlu:pdb.enabled: needs at least 2 replicas (here 1)"],
     ),
-    "request-rate target without the adapter": (
+    "texts-rate target without the adapter": (
         {"overrides": with_changes("monitoring", installAdapter=False)},
-        ["uninlu:autoscaling.targetRequestsPerSecondPerPod: needs the Prometheus Adapter"],
+        ["uninlu:autoscaling.targetTextsPerSecondPerPod: needs the Prometheus Adapter"],
+    ),
+    "the renamed requests-per-second key": (
+        {
+            "overrides": with_changes(
+                "autoscaling", targetTextsPerSecondPerPod=None, targetRequestsPerSecondPerPod=20
+            )
+        },
+        [
+            "uninlu:autoscaling: targetRequestsPerSecondPerPod was renamed to "
+            "targetTextsPerSecondPerPod",
+            "counts texts",
+        ],
+    ),
+    "capacity with a zero SLO": (
+        {"overrides": {"capacity": {"sloP95Ms": 0}}},
+        ["uninlu:capacity.sloP95Ms", "greater than or equal to 1", "(got 0)"],
+    ),
+    "capacity with a negative peak": (
+        {"overrides": {"capacity": {"peakTextsPerSecond": -3}}},
+        ["uninlu:capacity.peakTextsPerSecond", "greater than 0"],
     ),
     "adapter without a Prometheus": (
         {"overrides": with_changes("monitoring", prometheusUrl=None)},
@@ -111,6 +131,18 @@ CASES = {
     "unknown image runtime": (
         {"overrides": with_changes("image", runtime="tensorrt")},
         ["uninlu:image.runtime", "'onnx', 'onnx-int8' or 'torch'"],
+    ),
+    "latency SLO between the histogram's buckets": (
+        {"overrides": {"capacity": {"sloP95Ms": 800}}},
+        [
+            "uninlu:capacity.sloP95Ms: the latency alerts count requests slower than the SLO",
+            "500, 1000, 2500",
+            "got 800",
+        ],
+    ),
+    "alert threshold out of range": (
+        {"overrides": with_changes("monitoring", alerts={"errorRatio": 5})},
+        ["uninlu:monitoring.alerts.errorRatio", "less than or equal to 1"],
     ),
     "local model without a directory": (
         {"overrides": {"model": {"source": "local", "path": "no/such/dir"}}},
