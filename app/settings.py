@@ -105,9 +105,9 @@ class Settings:
         "one waits about one such slice (smaller: fairer, more backend calls)",
     )
     scheduler: str = _setting(
-        "round_robin",
+        "least_attained",
         "SCHEDULER",
-        "round_robin | least_attained | shortest_remaining | legacy (no slicing: a request's "
+        "least_attained | round_robin | shortest_remaining | legacy (no slicing: a request's "
         "whole step per round, the scheduler before issue 15, for comparison)",
     )
     max_batch_tokens: int = _setting(

@@ -63,6 +63,18 @@ def score_tokens(metrics: dict) -> float:
     return metrics.get(key, 0.0)
 
 
+def access_line(server, request_id: str) -> dict:
+    """The request's access log line (written once the response has gone out)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        lines = [r for r in server.log_records() if r.get("request_id") == request_id]
+        if lines:
+            (line,) = lines
+            return line
+        time.sleep(0.01)
+    raise AssertionError(f"no access log line for {request_id}")
+
+
 def rejected(server, metrics: dict, reason: str) -> float:
     return server.value(metrics, "uninlu_rejected_total", reason=reason)
 
@@ -111,7 +123,7 @@ def test_a_disconnected_heavy_request_stops_costing_backend_calls(fair):
     short = httpx.post(fair.url + "/predict", json=SHORT, timeout=300)
     assert short.status_code == 200
     assert fair.value(fair.metrics(), CALLS) - calls == 2  # the short one's encode and score
-    (line,) = [r for r in fair.log_records() if r.get("request_id") == "heavy-gone"]
+    line = access_line(fair, "heavy-gone")
     assert line["status"] == 499 and line["cancelled"] == "client_disconnected"
     assert 0 < line["cost_tokens"] < line["cost_estimate"]
 
@@ -132,7 +144,7 @@ def test_the_client_deadline_gives_a_504_and_is_counted(fair):
     settled = wait_until(fair, lambda m: fair.value(m, "uninlu_queue_depth") == 0)
     assert rejected(fair, settled, "deadline_exceeded") == before + 1
     assert httpx.post(fair.url + "/predict", json=SHORT, timeout=300).status_code == 200
-    (line,) = [r for r in fair.log_records() if r.get("request_id") == "heavy-late"]
+    line = access_line(fair, "heavy-late")
     assert line["status"] == 504 and line["cancelled"] == "deadline_exceeded"
 
 
@@ -170,7 +182,7 @@ def test_the_actual_cost_is_logged_and_observed(fair):
     before = fair.value(fair.metrics(), "uninlu_request_cost_tokens_count")
     answer = httpx.post(fair.url + "/predict", json=SHORT, headers={"X-Request-Id": "short-cost"})
     assert answer.status_code == 200
-    (line,) = [r for r in fair.log_records() if r.get("request_id") == "short-cost"]
+    line = access_line(fair, "short-cost")
     assert line["cost_rows"] == 1 and line["cost_tokens"] == line["cost_estimate"] > 0
     assert "cancelled" not in line
     after = fair.value(fair.metrics(), "uninlu_request_cost_tokens_count")
