@@ -12,7 +12,7 @@ PIP_FLAGS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 # Pulumi: a local file state backend inside the repo unless the user configured one.
 export PULUMI_BACKEND_URL ?= file://$(CURDIR)/.pulumi-state
 
-.PHONY: help venv lint test test-fast serve up preview kind-up kind-down bench image-test dashboard clean
+.PHONY: help venv lint test test-fast serve up preview kind-up kind-down bench plan image-test dashboard clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -78,6 +78,10 @@ kind-down: ## remove what kind-up made (cluster, registry, builder)
 
 bench: venv ## benchmark on a full-size random checkpoint (prints a table, writes bench/out/)
 	$(PY) -m bench
+
+plan: venv ## autoscaling targets for STACK from one pod's measured capacity (PLAN_ARGS=--reuse: no measuring)
+	$(require_stack)
+	$(PY) -m bench.plan --stack $(STACK) $(PLAN_ARGS)
 
 image-test: venv ## build docker/Dockerfile with podman here and run it read-only, non-root
 	bash docker/image-test.sh

@@ -1,10 +1,15 @@
 """The Grafana dashboard the chart ships (infra/chart/dashboards/uninlu.json), built with Grafana's
 own grafana-foundation-sdk rather than hand-written JSON.
 
+Why this library: grafana-foundation-sdk is maintained by Grafana Labs and generated from
+Grafana's own schemas (one release line per Grafana version; pinned to the 11.6 line), so the
+builders know every panel option. grafanalib, the older community library, hand-writes a class
+per panel that trails new Grafana releases; grafonnet needs a Jsonnet toolchain.
+
 Panels read the chart's recording rules (templates/prometheusrule.yaml) where one exists, and the
 kube-state-metrics / cAdvisor series of kube-prometheus-stack for replicas, CPU and memory.
 `$namespace` picks the release's namespace, `$name` its resource name (the chart's fullname,
-which the Pulumi program fixes to "uninlu").
+which the Pulumi program fixes to infra.service.FULLNAME, the variable's default).
 
     python -m infra.dashboard          # regenerate the committed JSON (a test checks it is current)
 """
@@ -20,12 +25,14 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableOption, VariableRefresh
 
 from infra.chart_render import CHART_DIR
+from infra.monitoring import predict_route_regex
+from infra.service import FULLNAME
 
 DASHBOARD_FILE = CHART_DIR / "dashboards" / "uninlu.json"
 UID = "uninlu-service"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 NS = 'namespace="$namespace"'
-PREDICT = f'{NS},route=~"/predict|/predict/batch"'
+PREDICT = f'{NS},route=~"{predict_route_regex()}"'
 SERVER = f'{NS},pod=~"$name-.+",container="server"'
 # The p95 SLO's error budget: the burn rate is the slow share divided by it (5 %).
 LATENCY_BUDGET = 0.05
@@ -238,8 +245,8 @@ def build() -> dict:
         .with_variable(
             dashboard.TextBoxVariable("name")
             .label("Release fullname")
-            .default_value("uninlu")
-            .current(VariableOption(text="uninlu", value="uninlu"))
+            .default_value(FULLNAME)
+            .current(VariableOption(text=FULLNAME, value=FULLNAME))
         )
     )
     for panel_id, spec in enumerate(PANELS, start=1):

@@ -20,6 +20,8 @@ import httpx
 import pytest
 import yaml
 
+from app.metrics import PREDICT_TEXTS_TOTAL
+from infra import monitoring
 from infra.chart_render import render_chart, write_rule_file
 from infra.dashboard import PANELS
 from tests.app.conftest import ServerProcess, free_port
@@ -200,20 +202,25 @@ def live(tiny_model_dir, tmp_path_factory):
         draining.stop()
 
 
+def _rules(manifests: list[dict]) -> list[dict]:
+    rule = next(m for m in manifests if m["kind"] == "PrometheusRule")
+    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+
+
+def _recorded(rule: dict) -> str:
+    """The selector of one recording rule's output in this namespace (quantile rules share a
+    name and differ by their label)."""
+    labels = {"namespace": NAMESPACE, **rule.get("labels", {})}
+    return rule["record"] + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+
+
 def _rule_exprs(manifests: list[dict]) -> dict[str, str]:
-    rules = [
-        r
-        for g in next(m for m in manifests if m["kind"] == "PrometheusRule")["spec"]["groups"]
-        for r in g["rules"]
-    ]
-    return {
-        r["record"]
-        + (
-            f'{{quantile="{r["labels"]["quantile"]}"}}' if "quantile" in r.get("labels", {}) else ""
-        ): r["expr"]
-        for r in rules
-        if "record" in r
-    }
+    """Expression per recorded name (the first rule of each name)."""
+    exprs: dict[str, str] = {}
+    for rule in _rules(manifests):
+        if "record" in rule:
+            exprs.setdefault(rule["record"], rule["expr"])
+    return exprs
 
 
 def _over_window(expr: str, start: float, end: float) -> tuple[str, float]:
@@ -228,17 +235,14 @@ def _by(result: list[dict], *labels: str) -> dict[tuple, float]:
 
 def test_every_recording_rule_has_data_and_evaluates_cleanly(live):
     prometheus, manifests, _, _, end = live
-    for name in _rule_exprs(manifests):
-        selector = name if "{" in name else name + "{}"
-        selector = selector.replace("{", f'{{namespace="{NAMESPACE}",', 1).replace(",}", "}")
-        assert prometheus.query(selector, end), f"recording rule {name} recorded nothing"
+    records = [rule for rule in _rules(manifests) if "record" in rule]
+    assert len(records) == 19
+    for rule in records:
+        assert prometheus.query(_recorded(rule), end), f"nothing recorded: {_recorded(rule)}"
     groups = httpx.get(prometheus.url + "/api/v1/rules").json()["data"]["groups"]
-    rules = [r for g in groups for r in g["rules"]]
-    assert len(rules) == sum(
-        len(g["rules"])
-        for g in next(m for m in manifests if m["kind"] == "PrometheusRule")["spec"]["groups"]
-    )
-    assert all(r["health"] == "ok" for r in rules), [r for r in rules if r["health"] != "ok"]
+    loaded = [r for g in groups for r in g["rules"]]
+    assert len(loaded) == len(_rules(manifests))
+    assert all(r["health"] == "ok" for r in loaded), [r for r in loaded if r["health"] != "ok"]
 
 
 def test_request_rates_match_the_traffic(live):
@@ -331,3 +335,30 @@ def test_every_dashboard_query_returns_data(live):
             assert result == [], query  # nothing else here exports these series
         else:
             assert result, f"dashboard query without data: {query}"
+
+
+def test_the_adapter_rule_gives_each_pod_its_texts_per_second(live):
+    """The HPA's metric as the Prometheus Adapter asks for it: the rule's seriesQuery finds both
+    pods, and its metricsQuery, with the adapter's substitutions for them, gives each pod the
+    texts it was offered (whatever the answer) per second."""
+    prometheus, _, _, start, end = live
+    rule = monitoring.predict_texts_rule()
+    found = httpx.get(
+        prometheus.url + "/api/v1/series", params={"match[]": rule["seriesQuery"]}
+    ).json()["data"]
+    assert {series["pod"] for series in found} == set(PODS)
+    query = (
+        rule["metricsQuery"]
+        .replace("<<.Series>>", PREDICT_TEXTS_TOTAL)
+        .replace("<<.LabelMatchers>>", f'{NS_MATCH},pod=~"{"|".join(PODS)}"')
+        .replace("<<.GroupBy>>", "pod")
+    )
+    expr, seconds = _over_window(query, start, end)
+    per_pod = _by(prometheus.query(expr, end), "pod")
+    stretch = seconds / (seconds - 2.2)
+    # The busy pod: twice the mix (3 single calls, a batch of 2, a 413 and a 422 whose bodies
+    # parsed; the invalid JSON never did) and 16 burst calls, answered or refused with 429.
+    # The draining pod: three 503s.
+    expected = {PODS[0]: 2 * (3 + BATCH_ITEMS + 1 + 1) + 16, PODS[1]: 3}
+    for pod, texts in expected.items():
+        assert texts * 0.999 <= per_pod[(pod,)] * seconds <= texts * stretch, (pod, per_pod)

@@ -91,7 +91,7 @@ def test_prometheus_rule_envelope_and_off_by_default():
 def test_every_expression_selects_the_release_namespace_and_the_predict_routes():
     rules = _rules(_render())
     for rule in rules:
-        selectors = re.findall(r"\{([^{}]*)\}", rule["expr"].replace("{{", ""))
+        selectors = re.findall(r"\{([^{}]*)\}", rule["expr"])
         for selector in selectors:
             assert f'namespace="{NAMESPACE}"' in selector, rule.get("record") or rule["alert"]
     assert predict_route_regex() == "|".join(PREDICT_ROUTES)
