@@ -207,6 +207,7 @@ class Server(_Model):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
     log_format: Literal["json", "text"] | None = None
     graceful_shutdown_seconds: int | None = Field(None, ge=0)
+    request_timeout_seconds: float | None = Field(None, gt=0, le=3600)
 
 
 class Alerts(_Model):
