@@ -28,6 +28,10 @@ _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Kubernetes quantities as the API accepts them: "500m", "1.5", "2Gi", "256M".
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
 _PERCENT_OR_COUNT = r"^[0-9]+%$"
+# One pod's measured capacity per runtime and CPU limit, written by `make plan` (bench/capacity.py).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CAPACITY_FILE = PROJECT_ROOT / "bench" / "capacity.json"
+_CPU_UNITS = {"m": 0.001, "": 1.0, "k": 1e3}
 
 Quantity = Annotated[str, Field(pattern=_QUANTITY)]
 
@@ -194,6 +198,8 @@ class Server(_Model):
 
     device: Literal["auto", "cpu", "cuda"] | None = None
     torch_threads: int | None = Field(None, ge=1)
+    omp_wait_policy: Literal["ACTIVE", "PASSIVE"] | None = None
+    intra_op_spinning: bool | None = None
     max_text_chars: int | None = Field(None, ge=1)
     max_batch_tokens: int | None = Field(None, ge=1)
     batch_wait_ms: int | None = Field(None, ge=0)
@@ -201,6 +207,7 @@ class Server(_Model):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
     log_format: Literal["json", "text"] | None = None
     graceful_shutdown_seconds: int | None = Field(None, ge=0)
+    request_timeout_seconds: float | None = Field(None, gt=0, le=3600)
 
 
 class Alerts(_Model):
@@ -279,7 +286,6 @@ class Settings(_Model):
     monitoring: Monitoring
     service: Service = Field(default_factory=Service)
     ingress: Ingress = Field(default_factory=Ingress)
-    capacity: Capacity = Field(default_factory=Capacity)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
@@ -421,7 +427,56 @@ def load_stack_config() -> StackConfig:
     if problems:
         raise ConfigError(f"invalid stack config in {where}:\n" + "\n".join(problems))
     assert settings is not None
+    warning = capacity_warning(settings, CAPACITY_FILE)
+    if warning:
+        pulumi.log.warn(f"{where}: {warning}")
     return StackConfig(stack=stack, settings=settings, registry_password=password)
+
+
+def cpu_cores(quantity: str) -> float:
+    """A CPU quantity ("2", "1.5", "500m") in cores."""
+    number = quantity.rstrip("mk")
+    return float(number) * _CPU_UNITS[quantity[len(number) :]]
+
+
+def pod_cpus(settings: Settings) -> float | None:
+    """The CPUs one pod may use: its CPU limit (the capacity is measured pinned to that many)."""
+    limits = settings.resources.limits if settings.resources else None
+    return cpu_cores(limits["cpu"]) if limits and "cpu" in limits else None
+
+
+def recorded_capacity(runtime: str, cpus: float, path: Path) -> dict[str, Any] | None:
+    """The newest record of `path` for this runtime and CPU count, or None (no file, none kept)."""
+    if not path.is_file():
+        return None
+    records = json.loads(path.read_text(encoding="utf-8")).get("records", [])
+    matching = [r for r in records if r["runtime"] == runtime and abs(r["cpus"] - cpus) < 1e-6]
+    return max(matching, key=lambda r: r["date"]) if matching else None
+
+
+def capacity_warning(settings: Settings, path: Path) -> str | None:
+    """Why the texts target cannot work, if it exceeds what one pod was measured to carry: the
+    average per pod never reaches the target, so that metric never adds a pod and p95 breaks the
+    SLO first (the seed's "CPU at 52 %, QPS at its limit, the HPA does nothing")."""
+    target = settings.autoscaling.target_texts_per_second_per_pod
+    cpus = pod_cpus(settings)
+    if not settings.autoscaling.enabled or target is None or cpus is None:
+        return None
+    shown = path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
+    try:
+        record = recorded_capacity(settings.image.runtime, cpus, path)
+        if record is None or target <= float(record["texts_per_second"]):
+            return None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"{shown} is not a readable capacity record ({err!r}); the texts target is unchecked"
+    note = " (provisional measurement)" if record.get("provisional") else ""
+    return (
+        f"{NAMESPACE}:autoscaling.targetTextsPerSecondPerPod is {target:g} texts/s per pod, above "
+        f"the recorded capacity of one {settings.image.runtime} pod with {cpus:g} CPUs: "
+        f"{record['texts_per_second']:g} texts/s within p95 <= {record['slo_p95_ms']} ms "
+        f"({shown}, {record['date']}{note}). The texts metric would never add a pod before "
+        f"the SLO breaks; `make plan STACK={pulumi.get_stack()}` recommends a target."
+    )
 
 
 def has_registry_auth(cfg: StackConfig) -> bool:

@@ -29,6 +29,7 @@ FULLNAME = "uninlu"
 PULL_SECRET_NAME = "uninlu-registry"
 # Margin over the model-load budget for one pod: image pull and scheduling come first.
 RELEASE_TIMEOUT_MARGIN_SECONDS = 180
+POD_SECURITY_VERSION = "v1.29"
 # The pod's preStop sleep: endpoints and kube-proxy stop routing to it before SIGTERM.
 PRE_STOP_SLEEP_SECONDS = 5
 # A rollout surges this share of the pods at a time (never fewer ready pods: maxUnavailable 0), so
@@ -229,10 +230,14 @@ class ModelService(pulumi.ComponentResource):
             f"{name}-namespace",
             metadata=k8s.meta.v1.ObjectMetaArgs(
                 name=settings.namespace,
-                # The chart's pods are hardened to the "restricted" Pod Security Standard.
+                # The chart's pods are hardened to the "restricted" Pod Security Standard,
+                # pinned to the policy of the oldest Kubernetes the chart supports (Chart.yaml
+                # kubeVersion): a cluster upgrade cannot tighten it under running pods unannounced.
                 labels={
                     "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": POD_SECURITY_VERSION,
                     "pod-security.kubernetes.io/warn": "restricted",
+                    "pod-security.kubernetes.io/warn-version": POD_SECURITY_VERSION,
                 },
             ),
             opts=pulumi.ResourceOptions(parent=self),

@@ -529,3 +529,23 @@ def test_texts_metric_and_its_stack_key_are_pinned_everywhere():
     for path in places:
         text = path.read_text()
         assert not [name for name in old_names if name in text], path
+
+
+def test_namespace_pins_the_pod_security_standard_to_the_oldest_supported_kubernetes(result):
+    _, res = result
+    labels = res.run.one("kubernetes:core/v1:Namespace").plain_inputs["metadata"]["labels"]
+    chart = yaml.safe_load((REPO / "infra/chart/Chart.yaml").read_text())
+    oldest = re.match(r">=\s*(\d+\.\d+)", chart["kubeVersion"]).group(1)
+    assert labels == {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": f"v{oldest}",
+        "pod-security.kubernetes.io/warn": "restricted",
+        "pod-security.kubernetes.io/warn-version": f"v{oldest}",
+    }
+
+
+def test_prod_adapter_queries_the_prometheus_clusterip_service_not_the_headless_one():
+    url = stack_yaml("prod")["monitoring"]["prometheusUrl"]
+    # kube-prometheus-stack names it <fullname>-prometheus (templates/prometheus/service.yaml).
+    assert url == "http://kube-prometheus-stack-prometheus.monitoring.svc"
+    assert "prometheus-operated" not in url
