@@ -5,15 +5,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 METRIC_PREFIX = "uninlu_"
 REQUESTS_TOTAL = "uninlu_requests_total"
-# The HPA's Pods metric, derived by the Prometheus Adapter from REQUESTS_TOTAL on the predict
-# routes.
-PREDICT_RPS_METRIC = "uninlu_predict_requests_per_second"
+# Texts in predict calls (a /predict is 1, a /predict/batch of n items is n), counted for every
+# call whose body parsed, whatever the answer: the work offered, rejected load included.
+PREDICT_TEXTS_TOTAL = "uninlu_predict_texts_total"
+# The HPA's Pods metric, derived by the Prometheus Adapter from PREDICT_TEXTS_TOTAL (a per-pod
+# rate over the predict routes, all statuses). Counting texts, not HTTP calls, keeps a client
+# that batches from hiding its load from the HPA.
+PREDICT_TEXTS_METRIC = "uninlu_predict_texts_per_second"
 PREDICT_ROUTES = ("/predict", "/predict/batch")
 
 # Below: the metric objects of DESIGN.md §4. Each app gets its own registry, so tests can run
 # several apps in one process and /metrics shows exactly this server's series.
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # Bounded label values: the rejection causes the server can report.
 REJECT_REASONS = (
@@ -25,8 +29,14 @@ REJECT_REASONS = (
     "too_many_items",
     "invalid_request",
     "too_complex",
+    "deadline_exceeded",  # 504: the request's time limit passed; its remaining steps dropped
+    "client_disconnected",  # the client closed the connection first; remaining steps dropped
 )
 INFERENCE_STAGES = ("tokenize", "encode", "score", "decode")
+BACKEND_STAGES = ("encode", "score")
+TOKEN_KINDS = ("real", "padded")  # padded: positions of a padded call that hold no token
+_COST_BUCKETS = (100, 300, 1000, 3000, 10000, 20000, 40000, 80000, 160000, 400000)
+_ROW_BUCKETS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 class Metrics:
@@ -42,11 +52,18 @@ class Metrics:
             ("route", "method", "status"),
             registry=r,
         )
+        self.predict_texts = Counter(
+            PREDICT_TEXTS_TOTAL,
+            "Texts in predict calls whose body parsed (a batch of n counts n), by route template "
+            "and status code",
+            ("route", "status"),
+            registry=r,
+        )
         self.request_duration = Histogram(
             "uninlu_request_duration_seconds",
             "Time from request start to the end of the response, by route template",
             ("route",),
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.inflight = Gauge(
@@ -60,7 +77,7 @@ class Metrics:
         self.queue_wait = Histogram(
             "uninlu_queue_wait_seconds",
             "Time a prediction waited before the inference worker took it",
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.inference = Histogram(
@@ -68,7 +85,7 @@ class Metrics:
             "Worker time per stage: tokenize (text), encode / score (backend calls), "
             "decode (spans and next-level prompts)",
             ("stage",),
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
@@ -77,9 +94,29 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
+        self.backend_tokens = Counter(
+            "uninlu_backend_tokens",
+            "Tokens in the backend calls the batcher formed, by stage (encode|score) and kind: "
+            "real (text or prompt tokens) or padded (padding up to the call's longest row)",
+            ("stage", "kind"),
+            registry=r,
+        )
+        self.request_cost_tokens = Histogram(
+            "uninlu_request_cost_tokens",
+            "Model tokens a prediction actually sent to the backend (its cost), per prediction",
+            buckets=_COST_BUCKETS,
+            registry=r,
+        )
+        self.request_prompt_rows = Histogram(
+            "uninlu_request_prompt_rows",
+            "Prompt rows a prediction actually scored, per prediction",
+            buckets=_ROW_BUCKETS,
+            registry=r,
+        )
         self.rejected = Counter(
             "uninlu_rejected_total",
-            "Requests refused before inference, by cause",
+            "Requests refused before inference, or cancelled during it (deadline_exceeded, "
+            "client_disconnected), by cause",
             ("reason",),
             registry=r,
         )
@@ -101,7 +138,11 @@ class Metrics:
         # adapter has no value for it and the HPA stops scaling down (FailedGetPodsMetric).
         for route in PREDICT_ROUTES:
             self.requests_total.labels(route, "POST", "200")
+            self.predict_texts.labels(route, "200")
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
         for stage in INFERENCE_STAGES:
             self.inference.labels(stage)
+        for stage in BACKEND_STAGES:
+            for kind in TOKEN_KINDS:
+                self.backend_tokens.labels(stage, kind)

@@ -71,8 +71,8 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class ObservabilityMiddleware:
-    """Pure ASGI: request id, in-flight gauge, request counter and duration by route template,
-    and the access log line; once per HTTP request, whatever the outcome."""
+    """Pure ASGI: request id, in-flight gauge, request and predict-text counters and duration by
+    route template, and the access log line; once per HTTP request, whatever the outcome."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, routes: list):
         self.app = app
@@ -107,6 +107,8 @@ class ObservabilityMiddleware:
             metrics.requests_total.labels(route, scope["method"], str(status)).inc()
             metrics.request_duration.labels(route).observe(elapsed)
             info = scope.get("state", {})
+            if "texts" in info:  # set by the predict routes once the body parsed
+                metrics.predict_texts.labels(route, str(status)).inc(info["texts"])
             extra = {
                 "request_id": rid,
                 "method": scope["method"],
@@ -115,7 +117,8 @@ class ObservabilityMiddleware:
                 "status": status,
                 "duration_ms": round(elapsed * 1000, 2),
             }
-            for key in ("text_chars", "schema_nodes", "items", "text"):
+            keys = ("text_chars", "schema_nodes", "items", "cost_estimate", "cost_tokens")
+            for key in (*keys, "cost_rows", "cancelled", "text"):
                 if key in info:
                     extra[key] = info[key]
             access_log.info("request", extra=extra)

@@ -23,7 +23,7 @@ CHART_DIR = Path(__file__).resolve().parent / "chart"
 OLDEST_KUBE_VERSION = "1.29"
 NEWEST_KUBE_VERSION = kubernetes_validate.utils.latest_version()
 # Kinds that come from CRDs: kubernetes-validate has no schema for them (check them by content).
-CRD_KINDS = frozenset({"ServiceMonitor"})
+CRD_KINDS = frozenset({"ServiceMonitor", "PrometheusRule"})
 
 ChartError = helm_python.HelmError  # schema violations and template `fail` messages
 
@@ -56,9 +56,13 @@ def render_chart(
     return manifests
 
 
-def find(manifests: Iterable[dict], kind: str) -> dict | None:
-    """The single object of `kind`, or None when the chart did not render one."""
-    found = [m for m in manifests if m.get("kind") == kind]
+def find(manifests: Iterable[dict], kind: str, name: str | None = None) -> dict | None:
+    """The single object of `kind` (named `name` if given), or None if the chart rendered none."""
+    found = [
+        m
+        for m in manifests
+        if m.get("kind") == kind and name in (None, m.get("metadata", {}).get("name"))
+    ]
     if len(found) > 1:
         raise ValueError(f"expected at most one {kind}, got {len(found)}")
     return found[0] if found else None
@@ -103,6 +107,16 @@ def lint_chart(
     )
     findings = [f"{m['path']}: {m['error']}" for m in report["messages"] if m["severity"] >= 2]
     return findings + list(report.get("errors") or [])
+
+
+def write_rule_file(manifests: Iterable[dict], path: Path) -> Path:
+    """The PrometheusRule's spec.groups as a Prometheus rule file (what promtool and a plain
+    Prometheus read), byte for byte the groups the Prometheus Operator would load."""
+    rule = find(manifests, "PrometheusRule")
+    if rule is None:
+        raise ValueError("the chart rendered no PrometheusRule: set metrics.prometheusRule.enabled")
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False))
+    return path
 
 
 def write_manifests(manifests: Iterable[dict], directory: Path) -> list[Path]:

@@ -17,6 +17,8 @@ from pulumi.runtime import config as runtime_config
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from app.metrics import LATENCY_BUCKETS
+
 NAMESPACE = "uninlu"
 PASSWORD_KEY = "registryPassword"
 DEFAULT_MODEL_ID = "iic/nlp_structbert_siamese-uninlu_chinese-base"
@@ -26,6 +28,10 @@ _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Kubernetes quantities as the API accepts them: "500m", "1.5", "2Gi", "256M".
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
 _PERCENT_OR_COUNT = r"^[0-9]+%$"
+# One pod's measured capacity per runtime and CPU limit, written by `make plan` (bench/capacity.py).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CAPACITY_FILE = PROJECT_ROOT / "bench" / "capacity.json"
+_CPU_UNITS = {"m": 0.001, "": 1.0, "k": 1e3}
 
 Quantity = Annotated[str, Field(pattern=_QUANTITY)]
 
@@ -73,6 +79,13 @@ class ImageSettings(_Model):
     )
     cache: bool = True
     build_on_preview: bool = False
+    # false: build nothing; release the digest that `tag` points at now (pushed and tested by
+    # another stack), resolved in the registry at deploy time. Promotion without a rebuild.
+    build: bool = True
+    # An existing buildx builder (docker-container, kubernetes or remote driver) to build with;
+    # None lets pulumi-docker-build pick or create one. The dev stack names the builder that
+    # `make kind-up` creates on the host network, so the push reaches localhost:5001.
+    builder: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     # Which runtime the image carries: ONNX Runtime without torch (lean; fp32 gives the torch
     # outputs exactly, int8 is ~4x faster on CPU), or torch (needed for GPU nodes).
     runtime: Literal["onnx", "onnx-int8", "torch"] = "onnx"
@@ -109,8 +122,17 @@ class Behavior(_Model):
     scale_down: ScalingRules | None = None
 
 
+# Renamed keys: the old name stops the preview with the new one, never a silent "unknown key".
+_RENAMED_AUTOSCALING_KEYS = {
+    "targetRequestsPerSecondPerPod": (
+        "targetTextsPerSecondPerPod",
+        "the metric now counts texts (a /predict/batch of n items is n), not HTTP calls",
+    ),
+}
+
+
 class Autoscaling(_Model):
-    """HPA on CPU and on predict requests per second per pod (the adapter's custom metric)."""
+    """HPA on CPU and on predict texts per second per pod (the adapter's custom metric)."""
 
     enabled: bool = True
     min_replicas: int = Field(1, ge=1)
@@ -118,9 +140,20 @@ class Autoscaling(_Model):
     target_cpu_utilization_percentage: int = Field(
         70, ge=1, le=100, alias="targetCPUUtilizationPercentage"
     )
-    # null turns the request-rate metric off (CPU only).
-    target_requests_per_second_per_pod: float | None = Field(10, gt=0)
+    # null turns the texts-per-second metric off (CPU only).
+    target_texts_per_second_per_pod: float | None = Field(4, gt=0)
     behavior: Behavior | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, (new, why) in _RENAMED_AUTOSCALING_KEYS.items():
+                if old in data:
+                    raise ValueError(
+                        f"{old} was renamed to {new} ({why}); rename the key in the stack file"
+                    )
+        return data
 
     @model_validator(mode="after")
     def _check_bounds(self) -> Autoscaling:
@@ -130,6 +163,22 @@ class Autoscaling(_Model):
                 f"maxReplicas ({self.max_replicas})"
             )
         return self
+
+
+DEFAULT_SLO_P95_MS = 1000
+
+
+class Capacity(_Model):
+    """The load the stack is sized for: its declared peak and its latency SLO. `make plan` turns
+    them, with the measured capacity of one pod, into the autoscaling targets."""
+
+    peak_texts_per_second: float | None = Field(None, gt=0)
+    slo_p95_ms: int | None = Field(None, ge=1, le=600_000)
+
+    @property
+    def slo_ms(self) -> int:
+        """The p95 latency objective, DEFAULT_SLO_P95_MS when the stack states none."""
+        return self.slo_p95_ms if self.slo_p95_ms is not None else DEFAULT_SLO_P95_MS
 
 
 class Pdb(_Model):
@@ -149,6 +198,8 @@ class Server(_Model):
 
     device: Literal["auto", "cpu", "cuda"] | None = None
     torch_threads: int | None = Field(None, ge=1)
+    omp_wait_policy: Literal["ACTIVE", "PASSIVE"] | None = None
+    intra_op_spinning: bool | None = None
     max_text_chars: int | None = Field(None, ge=1)
     max_batch_tokens: int | None = Field(None, ge=1)
     batch_wait_ms: int | None = Field(None, ge=0)
@@ -156,6 +207,16 @@ class Server(_Model):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
     log_format: Literal["json", "text"] | None = None
     graceful_shutdown_seconds: int | None = Field(None, ge=0)
+    request_timeout_seconds: float | None = Field(None, gt=0, le=3600)
+
+
+class Alerts(_Model):
+    """Alert thresholds of the chart's PrometheusRule; the latency SLO is capacity.sloP95Ms."""
+
+    error_ratio: float = Field(0.01, gt=0, le=1)
+    overload_ratio: float = Field(0.05, gt=0, le=1)
+    restarts_per_hour: int = Field(3, ge=0)
+    runbook_url: str | None = Field(None, pattern=r"^https?://[^\s#]+$")
 
 
 class Monitoring(_Model):
@@ -169,6 +230,12 @@ class Monitoring(_Model):
     prometheus_port: int = Field(9090, ge=1, le=65535)
     service_monitor: bool = False
     service_monitor_labels: dict[str, str] = Field(default_factory=dict)
+    # The chart's PrometheusRule (recording rules + alerts, docs/runbook.md) and its Grafana
+    # dashboard ConfigMap: both need kube-prometheus-stack (operator CRDs, Grafana sidecar).
+    prometheus_rule: bool = False
+    prometheus_rule_labels: dict[str, str] = Field(default_factory=dict)
+    grafana_dashboard: bool = False
+    alerts: Alerts = Field(default_factory=Alerts)
 
     @model_validator(mode="after")
     def _check_prometheus(self) -> Monitoring:
@@ -212,6 +279,7 @@ class Settings(_Model):
     resources: Resources | None = None
     replicas: int = Field(1, ge=1)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    capacity: Capacity = Field(default_factory=Capacity)
     pdb: Pdb = Field(default_factory=Pdb)
     probes: Probes = Field(default_factory=Probes)
     server: Server = Field(default_factory=Server)
@@ -232,13 +300,26 @@ class Settings(_Model):
                 f"server.device: cuda needs image.runtime: torch (the {self.image.runtime} image "
                 "has no CUDA)"
             )
-        wants_rps = self.autoscaling.enabled and self.autoscaling.target_requests_per_second_per_pod
-        if wants_rps and not self.monitoring.install_adapter:
+        wants_texts = self.autoscaling.enabled and self.autoscaling.target_texts_per_second_per_pod
+        if wants_texts and not self.monitoring.install_adapter:
             raise ValueError(
-                "autoscaling.targetRequestsPerSecondPerPod: needs the Prometheus Adapter: set "
-                "monitoring.installAdapter: true, or targetRequestsPerSecondPerPod: null"
+                "autoscaling.targetTextsPerSecondPerPod: needs the Prometheus Adapter: set "
+                "monitoring.installAdapter: true, or targetTextsPerSecondPerPod: null"
+            )
+        slo_seconds = self.latency_slo_seconds
+        if self.monitoring.prometheus_rule and slo_seconds not in LATENCY_BUCKETS:
+            bounds = ", ".join(f"{bound * 1000:g}" for bound in LATENCY_BUCKETS)
+            raise ValueError(
+                f"capacity.sloP95Ms: the latency alerts count requests slower than the SLO, so it "
+                f"must be a bucket bound of uninlu_request_duration_seconds ({bounds} ms); "
+                f"got {slo_seconds * 1000:g}"
             )
         return self
+
+    @property
+    def latency_slo_seconds(self) -> float:
+        """The p95 latency objective (capacity.sloP95Ms, default 1 s), in seconds."""
+        return self.capacity.slo_ms / 1000
 
 
 @dataclass(frozen=True)
@@ -346,7 +427,56 @@ def load_stack_config() -> StackConfig:
     if problems:
         raise ConfigError(f"invalid stack config in {where}:\n" + "\n".join(problems))
     assert settings is not None
+    warning = capacity_warning(settings, CAPACITY_FILE)
+    if warning:
+        pulumi.log.warn(f"{where}: {warning}")
     return StackConfig(stack=stack, settings=settings, registry_password=password)
+
+
+def cpu_cores(quantity: str) -> float:
+    """A CPU quantity ("2", "1.5", "500m") in cores."""
+    number = quantity.rstrip("mk")
+    return float(number) * _CPU_UNITS[quantity[len(number) :]]
+
+
+def pod_cpus(settings: Settings) -> float | None:
+    """The CPUs one pod may use: its CPU limit (the capacity is measured pinned to that many)."""
+    limits = settings.resources.limits if settings.resources else None
+    return cpu_cores(limits["cpu"]) if limits and "cpu" in limits else None
+
+
+def recorded_capacity(runtime: str, cpus: float, path: Path) -> dict[str, Any] | None:
+    """The newest record of `path` for this runtime and CPU count, or None (no file, none kept)."""
+    if not path.is_file():
+        return None
+    records = json.loads(path.read_text(encoding="utf-8")).get("records", [])
+    matching = [r for r in records if r["runtime"] == runtime and abs(r["cpus"] - cpus) < 1e-6]
+    return max(matching, key=lambda r: r["date"]) if matching else None
+
+
+def capacity_warning(settings: Settings, path: Path) -> str | None:
+    """Why the texts target cannot work, if it exceeds what one pod was measured to carry: the
+    average per pod never reaches the target, so that metric never adds a pod and p95 breaks the
+    SLO first (the seed's "CPU at 52 %, QPS at its limit, the HPA does nothing")."""
+    target = settings.autoscaling.target_texts_per_second_per_pod
+    cpus = pod_cpus(settings)
+    if not settings.autoscaling.enabled or target is None or cpus is None:
+        return None
+    shown = path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
+    try:
+        record = recorded_capacity(settings.image.runtime, cpus, path)
+        if record is None or target <= float(record["texts_per_second"]):
+            return None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"{shown} is not a readable capacity record ({err!r}); the texts target is unchecked"
+    note = " (provisional measurement)" if record.get("provisional") else ""
+    return (
+        f"{NAMESPACE}:autoscaling.targetTextsPerSecondPerPod is {target:g} texts/s per pod, above "
+        f"the recorded capacity of one {settings.image.runtime} pod with {cpus:g} CPUs: "
+        f"{record['texts_per_second']:g} texts/s within p95 <= {record['slo_p95_ms']} ms "
+        f"({shown}, {record['date']}{note}). The texts metric would never add a pod before "
+        f"the SLO breaks; `make plan STACK={pulumi.get_stack()}` recommends a target."
+    )
 
 
 def has_registry_auth(cfg: StackConfig) -> bool:

@@ -1,4 +1,5 @@
-"""The inference image: build docker/Dockerfile with BuildKit, push it, output a digest reference.
+"""The inference image: build docker/Dockerfile with BuildKit and push it, or promote a tag another
+stack pushed; either way output a digest reference.
 
 The Deployment uses `<registry>/<repository>@sha256:...`, never a moving tag, so every new build
 changes the pod template and rolls the pods, and a node can never run a stale image.
@@ -8,7 +9,11 @@ differ between a laptop and CI and show up as a spurious diff in every preview.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pulumi
+import pulumi_docker as docker
 import pulumi_docker_build as docker_build
 
 from infra.config import ImageSettings, ModelSource
@@ -19,6 +24,7 @@ DOCKERFILE = "docker/Dockerfile"
 # same name replaces that stage with a local directory.
 MODEL_CONTEXT = "model"
 CACHE_TAG = "buildcache"
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 # Dockerfile targets per image.runtime: the ONNX image ships no torch.
 TARGETS = {"onnx": "runtime-onnx", "onnx-int8": "runtime-onnx", "torch": "runtime"}
 
@@ -69,7 +75,8 @@ def registry_cache(
 
 
 class InferenceImage(pulumi.ComponentResource):
-    """Builds and pushes the model server image; `ref` is the pinned `repository@digest`."""
+    """The model server image as `repository@digest`: built and pushed by this stack, or (with
+    image.build false) a tag that another stack built and tested, promoted without a rebuild."""
 
     repository: str
     digest: pulumi.Output[str]
@@ -84,6 +91,21 @@ class InferenceImage(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("uninlu:infra:InferenceImage", name, None, opts)
+        self.repository = image.name
+        if image.build:
+            self.digest = self._build(name, image, model, registry_password)
+        else:
+            self.digest = self._promote(name, image, registry_password)
+        self.ref = self.digest.apply(lambda digest: f"{image.name}@{digest}")
+        self.register_outputs({"ref": self.ref, "digest": self.digest})
+
+    def _build(
+        self,
+        name: str,
+        image: ImageSettings,
+        model: ModelSource,
+        registry_password: pulumi.Output[str] | None,
+    ) -> pulumi.Output[str]:
         registries = None
         if image.username and registry_password is not None:
             registries = [
@@ -94,7 +116,6 @@ class InferenceImage(pulumi.ComponentResource):
                 )
             ]
         cache_from, cache_to = registry_cache(image)
-        self.repository = image.name
         built = docker_build.Image(
             name,
             context=build_context(model),
@@ -108,14 +129,74 @@ class InferenceImage(pulumi.ComponentResource):
             cache_from=cache_from or None,
             cache_to=cache_to or None,
             build_on_preview=image.build_on_preview,
+            builder=docker_build.BuilderConfigArgs(name=image.builder) if image.builder else None,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        self.digest = built.digest
-        self.ref = built.digest.apply(lambda digest: _pinned(image.name, digest))
-        self.register_outputs({"ref": self.ref, "digest": self.digest})
+        return built.digest.apply(
+            lambda digest: pushed_digest(image.name, digest, pulumi.runtime.is_dry_run())
+        )
+
+    def _promote(
+        self, name: str, image: ImageSettings, registry_password: pulumi.Output[str] | None
+    ) -> pulumi.Output[str]:
+        """Resolve `registry/repository:tag` to the digest the registry holds now, at every
+        preview and up (pulumi-docker's getRegistryImage reads the manifest; it never pulls)."""
+        auth = None
+        if image.username and registry_password is not None:
+            auth = [
+                docker.ProviderRegistryAuthArgs(
+                    address=image.registry,
+                    username=image.username,
+                    password=pulumi.Output.secret(registry_password),
+                )
+            ]
+        # Only the registry is read: no Docker daemon is needed where the program runs.
+        registry = docker.Provider(
+            f"{name}-registry",
+            registry_auth=auth,
+            disable_docker_daemon_check=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        tagged = f"{image.name}:{image.tag}"
+        found = docker.get_registry_image_output(
+            name=tagged, opts=pulumi.InvokeOutputOptions(provider=registry, parent=self)
+        )
+
+        async def resolved(_: Any) -> str:
+            try:
+                result = await found.future()
+            except Exception as err:
+                raise PromotionError(
+                    f"image.build is false, so {tagged} must already be in the registry, but it "
+                    f"does not resolve ({err}). Push it from the stack that builds it (or set "
+                    "image.tag to a tag that exists), or set image.build: true"
+                ) from err
+            return promoted_digest(tagged, result.sha256_digest if result else None)
+
+        return pulumi.Output.from_input(tagged).apply(resolved)
 
 
-def _pinned(repository: str, digest: str) -> str:
-    if not digest.startswith("sha256:"):
-        raise ValueError(f"the image push returned no sha256 digest for {repository}: {digest!r}")
-    return f"{repository}@{digest}"
+class PromotionError(pulumi.RunError):
+    """The tag to promote is not in the registry (RunError: the CLI prints it without a trace)."""
+
+
+def promoted_digest(tagged: str, digest: str | None) -> str:
+    if digest and DIGEST.fullmatch(digest):
+        return digest
+    raise PromotionError(f"the registry returned no sha256 digest for {tagged}: {digest!r}")
+
+
+def pushed_digest(repository: str, digest: str | None, dry_run: bool) -> Any:
+    """The build's digest, checked; unknown while a preview skips the build.
+
+    With build_on_preview off, pulumi-docker-build answers a preview of an *update* with an empty
+    digest, a known "" (provider/internal/image.go: Update calls Create, which returns before
+    building on a dry run, and the infer framework of pulumi-go-provider marks outputs unknown
+    only on a create, infer/resource.go markComputed). That "" means "computed after the
+    build", so a preview carries it on as unknown. Outside a preview it means the push failed.
+    """
+    if digest and DIGEST.fullmatch(digest):
+        return digest
+    if dry_run and not digest:
+        return pulumi.UNKNOWN
+    raise ValueError(f"the image push returned no sha256 digest for {repository}: {digest!r}")

@@ -1,8 +1,8 @@
 """The metrics pipeline the HPA needs: Prometheus Adapter (+ Prometheus, metrics-server on laptops).
 
-The adapter turns the app's `uninlu_requests_total` counter on the predict routes into the Pods
-metric `uninlu_predict_requests_per_second` of the custom metrics API. Chart versions are pinned,
-so a `pulumi up` never picks up an upstream chart change unannounced.
+The adapter turns the app's `uninlu_predict_texts_total` counter (texts in predict calls, every
+status) into the Pods metric `uninlu_predict_texts_per_second` of the custom metrics API. Chart
+versions are pinned, so a `pulumi up` never picks up an upstream chart change unannounced.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import pulumi
 from pulumi_kubernetes.helm.v3 import Release, RepositoryOptsArgs
 
-from app.metrics import PREDICT_ROUTES, PREDICT_RPS_METRIC, REQUESTS_TOTAL
+from app.metrics import PREDICT_ROUTES, PREDICT_TEXTS_METRIC, PREDICT_TEXTS_TOTAL
 from infra.config import Monitoring as MonitoringSettings
 
 COMMUNITY_REPO = "https://prometheus-community.github.io/helm-charts"
@@ -41,8 +41,10 @@ def predict_route_regex() -> str:
     return "|".join(PREDICT_ROUTES)
 
 
-def predict_rps_rule() -> dict[str, Any]:
-    """The adapter rule (prometheus-adapter config format) for the HPA's requests-per-second metric.
+def predict_texts_rule() -> dict[str, Any]:
+    """The adapter rule (prometheus-adapter config format) for the HPA's texts-per-second metric:
+    the per-pod rate of texts offered on the predict routes, whatever the status, so load that is
+    being refused (429) still asks for more pods.
 
     The route filter is repeated in metricsQuery: seriesQuery only selects which series the
     adapter discovers; the query it runs for the HPA gets just namespace/pod matchers from
@@ -50,11 +52,11 @@ def predict_rps_rule() -> dict[str, Any]:
     """
     routes = f'route=~"{predict_route_regex()}"'
     return {
-        "seriesQuery": f'{REQUESTS_TOTAL}{{{routes},namespace!="",pod!=""}}',
+        "seriesQuery": f'{PREDICT_TEXTS_TOTAL}{{{routes},namespace!="",pod!=""}}',
         "resources": {
             "overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
         },
-        "name": {"matches": f"^{REQUESTS_TOTAL}$", "as": PREDICT_RPS_METRIC},
+        "name": {"matches": f"^{PREDICT_TEXTS_TOTAL}$", "as": PREDICT_TEXTS_METRIC},
         "metricsQuery": (
             f"sum(rate(<<.Series>>{{<<.LabelMatchers>>,{routes}}}[{RATE_WINDOW}]))"
             " by (<<.GroupBy>>)"
@@ -66,7 +68,7 @@ def adapter_values(prometheus_url: str, prometheus_port: int) -> dict[str, Any]:
     """Values for the prometheus-adapter chart: only our rule, so it lists no unrelated series."""
     return {
         "prometheus": {"url": prometheus_url, "port": prometheus_port, "path": ""},
-        "rules": {"default": False, "custom": [predict_rps_rule()], "external": []},
+        "rules": {"default": False, "custom": [predict_texts_rule()], "external": []},
         "resources": {
             "requests": {"cpu": "50m", "memory": "128Mi"},
             "limits": {"memory": "256Mi"},

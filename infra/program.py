@@ -22,7 +22,7 @@ def _scaling_outputs(cfg_settings: Any) -> dict[str, Any]:
         "minReplicas": scaling.min_replicas,
         "maxReplicas": scaling.max_replicas,
         "targetCPUUtilizationPercentage": scaling.target_cpu_utilization_percentage,
-        "targetRequestsPerSecondPerPod": scaling.target_requests_per_second_per_pod,
+        "targetTextsPerSecondPerPod": scaling.target_texts_per_second_per_pod,
     }
 
 

@@ -9,13 +9,17 @@ credentials become a separate kubernetes.io/dockerconfigjson Secret, referenced 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import math
+from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 from pulumi_kubernetes.helm.v3 import Release
 
+from app import shutdown
 from infra.config import Settings, StackConfig, has_registry_auth
 
 CHART_PATH = "./infra/chart"
@@ -23,16 +27,64 @@ RELEASE_NAME = "uninlu"
 # Fixed resource names (fullnameOverride) so the Service name and URL are known before install.
 FULLNAME = "uninlu"
 PULL_SECRET_NAME = "uninlu-registry"
-# Margin over the model-load budget for Helm's wait: image pull and scheduling come first.
+# Margin over the model-load budget for one pod: image pull and scheduling come first.
 RELEASE_TIMEOUT_MARGIN_SECONDS = 180
+POD_SECURITY_VERSION = "v1.29"
+# The pod's preStop sleep: endpoints and kube-proxy stop routing to it before SIGTERM.
+PRE_STOP_SLEEP_SECONDS = 5
+# A rollout surges this share of the pods at a time (never fewer ready pods: maxUnavailable 0), so
+# it takes at most 100 / 25 = 4 waves of new pods, whatever maxReplicas is.
+ROLLOUT_SURGE_PERCENT = 25
+
+
+def pod_start_budget(settings: Settings) -> int:
+    """Seconds one new pod may take from scheduling to ready: the Deployment's
+    progressDeadlineSeconds (a wave that makes no progress this long is failed)."""
+    return settings.probes.model_load_timeout_seconds + RELEASE_TIMEOUT_MARGIN_SECONDS
+
+
+def rollout_waves(settings: Settings) -> int:
+    pods = settings.autoscaling.max_replicas if settings.autoscaling.enabled else settings.replicas
+    return min(pods, math.ceil(100 / ROLLOUT_SURGE_PERCENT))
 
 
 def release_timeout(settings: Settings) -> int:
-    """Seconds Helm waits for the rollout before `atomic` rolls it back. The chart rolls one pod
-    at a time (maxSurge 1, maxUnavailable 0), so the wait must cover every pod's pull and model
-    load in turn, not just one: a healthy 8-pod rollout must never be rolled back."""
-    pods = settings.autoscaling.max_replicas if settings.autoscaling.enabled else settings.replicas
-    return pods * (settings.probes.model_load_timeout_seconds + RELEASE_TIMEOUT_MARGIN_SECONDS)
+    """Seconds Helm waits for the rollout before `atomic` rolls it back: every wave's pull and
+    model load in turn, so a healthy rollout is never rolled back. Bounded by the surge share,
+    not by maxReplicas, so a CI job's timeout can cover it and editing maxReplicas changes only
+    maxReplicas in a preview."""
+    return rollout_waves(settings) * pod_start_budget(settings)
+
+
+def chart_fingerprint(chart_dir: Path) -> str:
+    """sha256 over every file of the chart (relative path and content).
+
+    helm.v3.Release decides to upgrade from its inputs only: chart, version (taken from
+    Chart.yaml in Check) and values (pulumi-kubernetes provider/pkg/provider/helm_release.go,
+    Check and Diff). A template edit changes none of them, so it would preview as no change and
+    never reach the cluster. Passed as a value, this makes it a one-value diff that rolls the pods
+    (the checksum/chart pod annotation).
+    """
+    digest = hashlib.sha256()
+    for path in sorted(p for p in chart_dir.rglob("*") if p.is_file()):
+        relative = path.relative_to(chart_dir).as_posix()
+        digest.update(f"{len(relative)}:{relative}:{path.stat().st_size}:".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _shutdown_values(settings: Settings) -> tuple[int, dict[str, int]]:
+    """server.gracefulShutdownSeconds and the pod lifecycle it needs, from one budget
+    (app/shutdown.py): the grace period covers the preStop sleep and the whole budget."""
+    budget = settings.server.graceful_shutdown_seconds
+    if budget is None:
+        budget = shutdown.DEFAULT_GRACEFUL_SHUTDOWN_SECONDS
+    return budget, {
+        "preStopSleepSeconds": PRE_STOP_SLEEP_SECONDS,
+        "terminationGracePeriodSeconds": shutdown.termination_grace_period(
+            budget, PRE_STOP_SLEEP_SECONDS
+        ),
+    }
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
@@ -41,16 +93,16 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
 
 def _autoscaling_values(settings: Settings) -> dict[str, Any]:
     scaling = settings.autoscaling
-    rps = scaling.target_requests_per_second_per_pod
+    texts = scaling.target_texts_per_second_per_pod
     values: dict[str, Any] = {
         "enabled": scaling.enabled,
         "minReplicas": scaling.min_replicas,
         "maxReplicas": scaling.max_replicas,
         "targetCPUUtilizationPercentage": scaling.target_cpu_utilization_percentage,
-        "requestsPerSecondMetric": rps is not None,
+        "textsPerSecondMetric": texts is not None,
     }
-    if rps is not None:
-        values["targetRequestsPerSecondPerPod"] = rps
+    if texts is not None:
+        values["targetTextsPerSecondPerPod"] = texts
     if scaling.behavior is not None:
         behavior = scaling.behavior.model_dump(by_alias=True, exclude_none=True)
         if behavior:
@@ -72,8 +124,25 @@ def _metrics_values(settings: Settings) -> dict[str, Any]:
     service_monitor: dict[str, Any] = {"enabled": monitoring.service_monitor}
     if monitoring.service_monitor_labels:
         service_monitor["labels"] = dict(monitoring.service_monitor_labels)
+    alerts = monitoring.alerts
+    prometheus_rule: dict[str, Any] = {"enabled": monitoring.prometheus_rule}
+    if monitoring.prometheus_rule:
+        prometheus_rule |= {
+            "labels": dict(monitoring.prometheus_rule_labels),
+            "latencySloSeconds": settings.latency_slo_seconds,
+            "errorRatio": alerts.error_ratio,
+            "overloadRatio": alerts.overload_ratio,
+            "restartsPerHour": alerts.restarts_per_hour,
+        }
+        if alerts.runbook_url:
+            prometheus_rule["runbookUrl"] = alerts.runbook_url
     # A ServiceMonitor scrapes the pods already; scrape annotations would make a second job do it.
-    return {"scrapeAnnotations": not monitoring.service_monitor, "serviceMonitor": service_monitor}
+    return {
+        "scrapeAnnotations": not monitoring.service_monitor,
+        "serviceMonitor": service_monitor,
+        "prometheusRule": prometheus_rule,
+        "grafanaDashboard": {"enabled": monitoring.grafana_dashboard},
+    }
 
 
 def _ingress_values(settings: Settings) -> dict[str, Any]:
@@ -95,6 +164,7 @@ def chart_values(
     image_repository: str,
     image_digest: pulumi.Input[str],
     pull_secret: str | None,
+    fingerprint: str = "",
 ) -> dict[str, Any]:
     """The infra/chart values for this stack: plain data except the digest, and no secrets.
 
@@ -109,13 +179,16 @@ def chart_values(
         "autoscaling": _autoscaling_values(settings),
         "pdb": _pdb_values(settings),
         "probes": {"modelLoadTimeoutSeconds": settings.probes.model_load_timeout_seconds},
+        "rollingUpdate": {"maxSurge": f"{ROLLOUT_SURGE_PERCENT}%", "maxUnavailable": 0},
+        "progressDeadlineSeconds": pod_start_budget(settings),
+        "chartFingerprint": fingerprint,
         "service": {"type": settings.service.type, "port": settings.service.port},
         "ingress": _ingress_values(settings),
         "metrics": _metrics_values(settings),
     }
+    graceful_shutdown, values["lifecycle"] = _shutdown_values(settings)
     server = settings.server.model_dump(by_alias=True, exclude_none=True)
-    if server:
-        values["server"] = server
+    values["server"] = server | {"gracefulShutdownSeconds": graceful_shutdown}
     if settings.resources is not None:
         values["resources"] = settings.resources.model_dump(by_alias=True, exclude_none=True)
     return values
@@ -157,10 +230,14 @@ class ModelService(pulumi.ComponentResource):
             f"{name}-namespace",
             metadata=k8s.meta.v1.ObjectMetaArgs(
                 name=settings.namespace,
-                # The chart's pods are hardened to the "restricted" Pod Security Standard.
+                # The chart's pods are hardened to the "restricted" Pod Security Standard,
+                # pinned to the policy of the oldest Kubernetes the chart supports (Chart.yaml
+                # kubeVersion): a cluster upgrade cannot tighten it under running pods unannounced.
                 labels={
                     "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": POD_SECURITY_VERSION,
                     "pod-security.kubernetes.io/warn": "restricted",
+                    "pod-security.kubernetes.io/warn-version": POD_SECURITY_VERSION,
                 },
             ),
             opts=pulumi.ResourceOptions(parent=self),
@@ -190,7 +267,13 @@ class ModelService(pulumi.ComponentResource):
             depends.append(secret)
             pull_secret = PULL_SECRET_NAME
 
-        values = chart_values(settings, image_repository, image_digest, pull_secret)
+        values = chart_values(
+            settings,
+            image_repository,
+            image_digest,
+            pull_secret,
+            fingerprint=chart_fingerprint(Path(CHART_PATH)),
+        )
         # atomic: a failed upgrade (pods never ready within the model-load budget) is rolled back
         # by Helm, so the previous version keeps serving.
         self.release = Release(

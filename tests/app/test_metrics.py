@@ -2,7 +2,7 @@
 
 from prometheus_client import generate_latest
 
-from app.metrics import PREDICT_ROUTES, REQUESTS_TOTAL, Metrics
+from app.metrics import PREDICT_ROUTES, PREDICT_TEXTS_TOTAL, REQUESTS_TOTAL, Metrics
 
 
 def test_predict_request_counters_exist_at_zero_before_traffic():
@@ -13,3 +13,4 @@ def test_predict_request_counters_exist_at_zero_before_traffic():
     for route in PREDICT_ROUTES:
         line = f'{REQUESTS_TOTAL}{{method="POST",route="{route}",status="200"}} 0.0'
         assert line in text
+        assert f'{PREDICT_TEXTS_TOTAL}{{route="{route}",status="200"}} 0.0' in text

@@ -8,11 +8,12 @@ import json
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from app.metrics import PREDICT_ROUTES, REQUESTS_TOTAL
+from app.metrics import PREDICT_ROUTES, PREDICT_TEXTS_TOTAL, REQUESTS_TOTAL
 from app.pipeline import predict as pipeline_predict
 
 
@@ -350,6 +351,61 @@ def test_metrics_after_a_known_sequence(server):
             assert {k for k, _ in labels} == {"route", "method", "status"}
             routes.add(dict(labels)["route"])
     assert "/nope/123" not in routes and "unmatched" in routes
+
+
+def test_texts_counter_counts_every_text_offered_whatever_the_answer(start_server):
+    """The HPA's metric counts work: a batch of n is n texts, and refused calls count too (load
+    answered 429 must still ask for pods); only a body that did not parse counts nothing."""
+    # A 4-item batch fills the queue, and the idle worker holds it for BATCH_WAIT_MS waiting for
+    # company: the batch sent meanwhile is refused with 429.
+    small = start_server(MAX_QUEUE="4", MAX_BATCH_ITEMS="4", BATCH_WAIT_MS="1500")
+    before = small.metrics()
+    for route in PREDICT_ROUTES:  # there before any traffic, so every pod has a rate
+        assert (PREDICT_TEXTS_TOTAL, frozenset({("route", route), ("status", "200")})) in before
+    ok = {"text": "今天上午小林在杭州", "schema": {"人物": None}}
+    calls = [
+        ("/predict", ok, 200),
+        ("/predict", ok, 200),
+        ("/predict/batch", {"items": [ok] * 3}, 200),
+        ("/predict/batch", {"items": [ok] * 5}, 413),  # more than MAX_BATCH_ITEMS
+        ("/predict", {"text": "长" * 401, "schema": {"a": None}}, 413),
+        ("/predict", {"schema": {"a": None}}, 422),  # no text: the body never parsed
+        ("/predict/batch", {"items": "none"}, 422),
+    ]
+    for path, body, status in calls:
+        assert post(small, path, body).status_code == status, (path, status)
+    with ThreadPoolExecutor(1) as pool:
+        full = pool.submit(post, small, "/predict/batch", {"items": [ok] * 4})
+        while small.value(small.metrics(), "uninlu_queue_depth") < 4:
+            assert not full.done(), full.result().text
+        refused = post(small, "/predict/batch", {"items": [ok] * 2})
+        assert full.result().status_code == 200
+    assert refused.status_code == 429, refused.text
+    assert httpx.get(small.url + "/health").status_code == 200
+    after = small.metrics()
+
+    def delta(name, **labels):
+        return small.value(after, name, **labels) - small.value(before, name, **labels)
+
+    assert delta(PREDICT_TEXTS_TOTAL, route="/predict", status="200") == 2
+    assert delta(PREDICT_TEXTS_TOTAL, route="/predict/batch", status="200") == 3 + 4
+    assert delta(PREDICT_TEXTS_TOTAL, route="/predict/batch", status="429") == 2
+    assert delta(PREDICT_TEXTS_TOTAL, route="/predict/batch", status="413") == 5
+    assert delta(PREDICT_TEXTS_TOTAL, route="/predict", status="413") == 1
+    texts = {
+        labels: value for (name, labels), value in after.items() if name == PREDICT_TEXTS_TOTAL
+    }
+    offered = sum(
+        value - before.get((PREDICT_TEXTS_TOTAL, labels), 0) for labels, value in texts.items()
+    )
+    assert offered == 2 + 7 + 2 + 5 + 1  # nothing for the 422s or /health
+    # The fixture's one /predict while the model loaded was answered 503, and counted.
+    assert small.value(before, PREDICT_TEXTS_TOTAL, route="/predict", status="503") == 1
+    assert {dict(labels)["route"] for labels in texts} == set(PREDICT_ROUTES)
+    assert all({key for key, _ in labels} == {"route", "status"} for labels in texts)
+    # The HTTP-call counter stays as it was: one batch call is one request.
+    assert delta(REQUESTS_TOTAL, route="/predict/batch", method="POST", status="200") == 2
+    assert delta(REQUESTS_TOTAL, route="/predict/batch", method="POST", status="429") == 1
 
 
 # ------------------------------------------------------------------------------ batching

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.metrics import PREDICT_RPS_METRIC
+from app import shutdown
+from app.metrics import PREDICT_TEXTS_METRIC
 from app.settings import Settings
 from infra.chart_render import (
     CHART_DIR,
@@ -34,7 +35,7 @@ DIGEST = "sha256:" + "4f" * 32
 PRODUCTION = {
     "image": {"repository": "registry.example.com/ml/uninlu", "tag": "1.4.2", "digest": DIGEST},
     "imagePullSecrets": [{"name": "regcred"}],
-    "autoscaling": {"minReplicas": 3, "maxReplicas": 12, "targetRequestsPerSecondPerPod": 2.5},
+    "autoscaling": {"minReplicas": 3, "maxReplicas": 12, "targetTextsPerSecondPerPod": 2.5},
     "pdb": {"maxUnavailable": "25%"},
     "resources": {
         "requests": {"cpu": "2", "memory": "4Gi"},
@@ -51,7 +52,11 @@ PRODUCTION = {
         "hosts": [{"host": "nlu.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
         "tls": [{"secretName": "nlu-tls", "hosts": ["nlu.example.com"]}],
     },
-    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "metrics": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+        "grafanaDashboard": {"enabled": True},
+    },
     "networkPolicy": {
         "ingressFrom": [
             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
@@ -208,16 +213,29 @@ def test_pod_security(rendered):
 def test_graceful_termination_outlasts_prestop_and_drain(rendered):
     _, manifests = rendered
     pod, server = _pod(manifests), _server(manifests)
-    settings = find(manifests, "ConfigMap")["data"]
+    settings = find(manifests, "ConfigMap", name="nlu-uninlu")["data"]
     sleep = int(server["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert sleep > 0
     assert pod["terminationGracePeriodSeconds"] > sleep + int(settings["GRACEFUL_SHUTDOWN_SECONDS"])
 
 
-def test_grace_period_includes_the_server_drain_delay():
-    extra = {"server": {"extraEnv": {"DRAIN_DELAY_SECONDS": "12"}}}
-    grace = _pod(render_chart(extra))["terminationGracePeriodSeconds"]
-    assert grace == 5 + 12 + 30 + 10  # preStop sleep + drain delay + graceful shutdown + exit
+@pytest.mark.parametrize(
+    "server",
+    [{}, {"gracefulShutdownSeconds": 90}, {"extraEnv": {"DRAIN_DELAY_SECONDS": "12"}}],
+    ids=["defaults", "longer-budget", "drain-delay"],
+)
+def test_the_servers_whole_shutdown_fits_the_charts_grace_period(server):
+    """The server's own split of its budget (drain delay + in-flight requests + batcher close,
+    app/shutdown.py, read from the rendered ConfigMap as the pod would) after the preStop sleep
+    ends before the kubelet's SIGKILL."""
+    manifests = render_chart({"server": server})
+    settings = Settings.from_env(find(manifests, "ConfigMap")["data"])
+    budget = settings.shutdown_budget
+    sleep = int(_server(manifests)["lifecycle"]["preStop"]["exec"]["command"][-1])
+    grace = _pod(manifests)["terminationGracePeriodSeconds"]
+    assert budget.total == settings.graceful_shutdown_seconds
+    assert sleep + budget.total + shutdown.EXIT_MARGIN_SECONDS <= grace
+    assert grace == shutdown.termination_grace_period(settings.graceful_shutdown_seconds, sleep)
 
 
 def test_hpa_metrics_and_behaviour(rendered):
@@ -227,15 +245,15 @@ def test_hpa_metrics_and_behaviour(rendered):
     assert (
         hpa["spec"]["scaleTargetRef"]["name"] == find(manifests, "Deployment")["metadata"]["name"]
     )
-    cpu, rps = hpa["spec"]["metrics"]
+    cpu, texts = hpa["spec"]["metrics"]
     assert cpu["resource"] == {
         "name": "cpu",
         "target": {"type": "Utilization", "averageUtilization": 70},
     }
-    assert rps["type"] == "Pods"
-    assert rps["pods"]["metric"]["name"] == PREDICT_RPS_METRIC
-    expected_target = {"default": "8", "production": "2500m"}[name]
-    assert rps["pods"]["target"] == {"type": "AverageValue", "averageValue": expected_target}
+    assert texts["type"] == "Pods"
+    assert texts["pods"]["metric"]["name"] == PREDICT_TEXTS_METRIC
+    expected_target = {"default": "4", "production": "2500m"}[name]
+    assert texts["pods"]["target"] == {"type": "AverageValue", "averageValue": expected_target}
     behavior = hpa["spec"]["behavior"]
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 300
     assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0
@@ -256,7 +274,7 @@ def test_no_replicas_field_while_the_hpa_owns_the_count(rendered):
 
 def test_rps_metric_can_be_left_to_cpu_alone():
     hpa = find(
-        render_chart({"autoscaling": {"requestsPerSecondMetric": False}}), "HorizontalPodAutoscaler"
+        render_chart({"autoscaling": {"textsPerSecondMetric": False}}), "HorizontalPodAutoscaler"
     )
     assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Resource"]
 
@@ -274,17 +292,31 @@ def test_pdb_allows_drains(rendered):
 
 def test_configmap_carries_valid_server_settings(rendered):
     _, manifests = rendered
-    config = find(manifests, "ConfigMap")
+    config = find(manifests, "ConfigMap", name="nlu-uninlu")
     design_settings = {
-        "MODEL_PATH", "PORT", "WARMUP_TEXT", "DEVICE", "TORCH_THREADS", "MAX_TEXT_CHARS",
+        "MODEL_PATH", "PORT", "WARMUP_TEXT", "DEVICE", "TORCH_THREADS", "OMP_WAIT_POLICY",
+        "INTRA_OP_SPINNING", "MAX_TEXT_CHARS",
         "MAX_SCHEMA_NODES", "MAX_SCHEMA_DEPTH", "MAX_BATCH_TOKENS", "BATCH_WAIT_MS", "MAX_QUEUE",
-        "LOG_LEVEL", "LOG_FORMAT", "GRACEFUL_SHUTDOWN_SECONDS",
+        "LOG_LEVEL", "LOG_FORMAT", "GRACEFUL_SHUTDOWN_SECONDS", "REQUEST_TIMEOUT_SECONDS",
     }  # fmt: skip
     assert set(config["data"]) == design_settings
     settings = Settings.from_env(config["data"])  # the server accepts every value
     assert (settings.model_path, settings.port) == ("/models/uninlu", 7860)
+    # Thread waits sleep: two threads keep working when a neighbour takes a core (issue 14).
+    assert (settings.omp_wait_policy, settings.intra_op_spinning) == ("PASSIVE", False)
     server = _server(manifests)
     assert server["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
+
+
+def test_request_timeout_and_cost_budget_reach_the_server():
+    config = find(
+        render_chart({"server": {"requestTimeoutSeconds": 2.5, "maxRequestCost": 900}}), "ConfigMap"
+    )
+    settings = Settings.from_env(config["data"])
+    assert (settings.request_timeout_seconds, settings.max_request_cost) == (2.5, 900)
+    assert (
+        Settings.from_env(find(render_chart({}), "ConfigMap")["data"]).request_timeout_seconds == 60
+    )
 
 
 def test_checksum_changes_only_with_the_settings():
@@ -433,13 +465,13 @@ def test_service_monitor_network_policy_and_ingress():
     assert ingress["spec"]["tls"] == PRODUCTION["ingress"]["tls"]
     # optional kinds stay off by default
     kinds = {m["kind"] for m in render_chart({})}
-    assert not kinds & {"ServiceMonitor", "Ingress"}
+    assert not kinds & {"ServiceMonitor", "PrometheusRule", "Ingress"}
 
 
 def test_notes_tell_how_to_reach_the_service():
     notes = render_files({}, name="nlu", namespace=NAMESPACE)["uninlu/templates/NOTES.txt"]
     assert f"kubectl -n {NAMESPACE} port-forward service/nlu-uninlu 8080:80" in notes
-    assert PREDICT_RPS_METRIC in notes
+    assert PREDICT_TEXTS_METRIC in notes
 
 
 # --- values.yaml documentation and bad values ---------------------------------------------
@@ -473,8 +505,8 @@ def test_every_value_is_documented():
             "at '/autoscaling/maxReplicas': minimum: got 0, want 1",
         ),
         (
-            {"autoscaling": {"targetRequestsPerSecondPerPod": -2}},
-            "/autoscaling/targetRequestsPerSecondPerPod",
+            {"autoscaling": {"targetTextsPerSecondPerPod": -2}},
+            "/autoscaling/targetTextsPerSecondPerPod",
         ),
         (
             {"probes": {"modelLoadTimeoutSeconds": -5}},
@@ -546,3 +578,13 @@ def test_optional_kinds_can_be_turned_off():
     annotations = find(manifests, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert set(annotations) == {"checksum/config"}
     assert validate_manifests(manifests) == []
+
+
+def test_thread_settings_come_from_values():
+    values = {"server": {"ompWaitPolicy": "ACTIVE", "intraOpSpinning": True}}
+    data = find(render_chart(values), "ConfigMap")["data"]
+    assert (data["OMP_WAIT_POLICY"], data["INTRA_OP_SPINNING"]) == ("ACTIVE", "true")
+    settings = Settings.from_env(data)
+    assert (settings.omp_wait_policy, settings.intra_op_spinning) == ("ACTIVE", True)
+    with pytest.raises(ChartError, match="ompWaitPolicy"):
+        render_chart({"server": {"ompWaitPolicy": "spin"}})

@@ -3,13 +3,16 @@ resource is registered, with a message naming the key and the stack file."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pulumi
 import pytest
 import yaml
-from pulumi_harness import REPO, TEST_PASSWORD, prod_secrets, start
+from pulumi_harness import REPO, TEST_PASSWORD, prod_secrets, run_program, start
 
+from infra import config as config_module
 from infra.config import ConfigError, Settings
 from infra.program import deploy
 
@@ -92,9 +95,29 @@ CASES = {
         },
         ["uninlu:pdb.enabled: needs at least 2 replicas (here 1)"],
     ),
-    "request-rate target without the adapter": (
+    "texts-rate target without the adapter": (
         {"overrides": with_changes("monitoring", installAdapter=False)},
-        ["uninlu:autoscaling.targetRequestsPerSecondPerPod: needs the Prometheus Adapter"],
+        ["uninlu:autoscaling.targetTextsPerSecondPerPod: needs the Prometheus Adapter"],
+    ),
+    "the renamed requests-per-second key": (
+        {
+            "overrides": with_changes(
+                "autoscaling", targetTextsPerSecondPerPod=None, targetRequestsPerSecondPerPod=20
+            )
+        },
+        [
+            "uninlu:autoscaling: targetRequestsPerSecondPerPod was renamed to "
+            "targetTextsPerSecondPerPod",
+            "counts texts",
+        ],
+    ),
+    "capacity with a zero SLO": (
+        {"overrides": {"capacity": {"sloP95Ms": 0}}},
+        ["uninlu:capacity.sloP95Ms", "greater than or equal to 1", "(got 0)"],
+    ),
+    "capacity with a negative peak": (
+        {"overrides": {"capacity": {"peakTextsPerSecond": -3}}},
+        ["uninlu:capacity.peakTextsPerSecond", "greater than 0"],
     ),
     "adapter without a Prometheus": (
         {"overrides": with_changes("monitoring", prometheusUrl=None)},
@@ -104,9 +127,25 @@ CASES = {
         {"overrides": {"server": {**prod_value("server"), "device": "cuda"}}},
         ["uninlu:server.device: cuda needs image.runtime: torch"],
     ),
+    "request timeout of zero": (
+        {"overrides": {"server": {**prod_value("server"), "requestTimeoutSeconds": 0}}},
+        ["uninlu:server.requestTimeoutSeconds", "greater than 0"],
+    ),
     "unknown image runtime": (
         {"overrides": with_changes("image", runtime="tensorrt")},
         ["uninlu:image.runtime", "'onnx', 'onnx-int8' or 'torch'"],
+    ),
+    "latency SLO between the histogram's buckets": (
+        {"overrides": {"capacity": {"sloP95Ms": 800}}},
+        [
+            "uninlu:capacity.sloP95Ms: the latency alerts count requests slower than the SLO",
+            "500, 1000, 2500",
+            "got 800",
+        ],
+    ),
+    "alert threshold out of range": (
+        {"overrides": with_changes("monitoring", alerts={"errorRatio": 5})},
+        ["uninlu:monitoring.alerts.errorRatio", "less than or equal to 1"],
     ),
     "local model without a directory": (
         {"overrides": {"model": {"source": "local", "path": "no/such/dir"}}},
@@ -171,3 +210,76 @@ def test_stack_config_reference_documents_every_key():
             key = f"`{field.alias or name}.{sub_field.alias or sub_name}`"
             assert key in reference, key
     assert "`registryPassword`" in reference
+
+
+# --- the target against the recorded capacity ---------------------------------------------
+
+
+def _capacity_file(tmp_path, **record: Any) -> Path:
+    base = {
+        "runtime": "onnx",
+        "cpus": 2.0,
+        "slo_p95_ms": 1000,
+        "texts_per_second": 4.5,
+        "date": "2026-12-01T20:00:00Z",
+    }
+    path = tmp_path / "capacity.json"
+    path.write_text(json.dumps({"format": 1, "records": [{**base, **record}]}))
+    return path
+
+
+def _warnings_of_prod(monkeypatch, capacity: Path, target: float) -> list[str]:
+    """What the program warns about for prod with this texts target (the prod file's runtime is
+    onnx with a CPU limit of 2)."""
+    warnings: list[str] = []
+    monkeypatch.setattr(config_module, "CAPACITY_FILE", capacity)
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *a, **k: warnings.append(message))
+    overrides = with_changes("autoscaling", targetTextsPerSecondPerPod=target)
+    run_program(deploy, "prod", secrets=prod_secrets(), overrides=overrides)
+    return warnings
+
+
+def test_target_above_the_recorded_capacity_warns_in_preview(monkeypatch, tmp_path):
+    warnings = _warnings_of_prod(monkeypatch, _capacity_file(tmp_path), target=20)
+    (warning,) = [w for w in warnings if "targetTextsPerSecondPerPod" in w]
+    assert warning.startswith("Pulumi.prod.yaml: uninlu:autoscaling.targetTextsPerSecondPerPod")
+    assert "is 20 texts/s per pod" in warning
+    assert "one onnx pod with 2 CPUs: 4.5 texts/s within p95 <= 1000 ms" in warning
+    assert str(tmp_path / "capacity.json") in warning
+    assert "make plan STACK=prod" in warning
+
+
+def test_no_warning_within_capacity_or_without_a_matching_record(monkeypatch, tmp_path):
+    assert _warnings_of_prod(monkeypatch, _capacity_file(tmp_path), target=4.5) == []
+    other_cpus = _capacity_file(tmp_path, cpus=4.0)
+    assert _warnings_of_prod(monkeypatch, other_cpus, target=20) == []
+    other_runtime = _capacity_file(tmp_path, runtime="onnx-int8")
+    assert _warnings_of_prod(monkeypatch, other_runtime, target=20) == []
+    assert _warnings_of_prod(monkeypatch, tmp_path / "missing.json", target=20) == []
+
+
+def test_an_unreadable_capacity_file_is_a_warning_not_a_traceback(monkeypatch, tmp_path):
+    broken = tmp_path / "capacity.json"
+    broken.write_text('{"records": [{"runtime": "onnx"')
+    (warning,) = _warnings_of_prod(monkeypatch, broken, target=20)
+    assert "is not a readable capacity record" in warning and str(broken) in warning
+
+
+@pytest.mark.parametrize(
+    ("quantity", "cores"), [("2", 2.0), ("1.5", 1.5), ("500m", 0.5), ("2500m", 2.5)]
+)
+def test_cpu_quantities_in_cores(quantity, cores):
+    assert config_module.cpu_cores(quantity) == cores
+
+
+def test_the_committed_capacity_record_matches_what_the_stack_files_use():
+    """The stack files' targets come from `make plan`: none exceeds its recorded capacity."""
+    for stack in ("dev", "prod"):
+        document = yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())
+        plain = {k.split(":", 1)[1]: v for k, v in document["config"].items() if "uninlu:" in k}
+        settings = Settings.model_validate(plain)
+        record = config_module.recorded_capacity(
+            settings.image.runtime, config_module.pod_cpus(settings), config_module.CAPACITY_FILE
+        )
+        assert record is not None, stack
+        assert config_module.capacity_warning(settings, config_module.CAPACITY_FILE) is None

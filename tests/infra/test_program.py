@@ -22,7 +22,9 @@ from pulumi_harness import (
     start,
 )
 
-from app.metrics import PREDICT_ROUTES, PREDICT_RPS_METRIC, REQUESTS_TOTAL
+from app import shutdown
+from app.metrics import PREDICT_ROUTES, PREDICT_TEXTS_METRIC, PREDICT_TEXTS_TOTAL
+from app.settings import Settings
 from infra import monitoring
 from infra.chart_render import find, render_chart, validate_manifests
 from infra.image import DOCKERFILE, TARGETS
@@ -99,6 +101,10 @@ def test_image_build_args_and_push_settings(result):
     assert image["tags"] == [f"{name}:{config['image']['tag']}"]
     assert image["platforms"] == ["linux/amd64"]
     assert image["buildOnPreview"] is False
+    if stack == "dev":  # the host-network builder `make kind-up` creates
+        assert image["builder"] == {"name": "uninlu-kind"}
+    else:
+        assert "builder" not in image
     if config["image"]["cache"]:
         assert image["cacheFrom"] == [{"registry": {"ref": f"{name}:buildcache"}}]
         assert image["cacheTo"][0]["registry"]["ref"] == f"{name}:buildcache"
@@ -145,9 +151,9 @@ def test_adapter_chart_version_and_rule(result):
         assert values["prometheus"]["port"] == config["prometheusPort"]
     assert values["rules"]["default"] is False
     (rule,) = values["rules"]["custom"]
-    assert rule["name"] == {"matches": f"^{REQUESTS_TOTAL}$", "as": PREDICT_RPS_METRIC}
+    assert rule["name"] == {"matches": f"^{PREDICT_TEXTS_TOTAL}$", "as": PREDICT_TEXTS_METRIC}
     route_matcher = 'route=~"' + "|".join(PREDICT_ROUTES) + '"'
-    assert rule["seriesQuery"].startswith(REQUESTS_TOTAL + "{")
+    assert rule["seriesQuery"].startswith(PREDICT_TEXTS_TOTAL + "{")
     assert route_matcher in rule["seriesQuery"]
     # The query the HPA's numbers come from must filter the routes too, and be a per-pod rate.
     assert rule["metricsQuery"] == (
@@ -163,9 +169,13 @@ def test_service_release_values_come_from_the_stack_file(result):
     assert release["chart"] == "./infra/chart"
     assert release["namespace"] == config["namespace"]
     assert release["atomic"] is True
-    # Pods roll one at a time: Helm waits for each one's pull and model load in turn.
+    # Pods roll in waves of 25 % (at most 4, fewer with fewer pods): Helm waits for each wave's
+    # pull and model load in turn, and one wave may take the Deployment's progress deadline.
     per_pod = config["probes"]["modelLoadTimeoutSeconds"] + 180
-    assert release["timeout"] == config["autoscaling"]["maxReplicas"] * per_pod
+    waves = min(config["autoscaling"]["maxReplicas"], 4)
+    assert release["timeout"] == waves * per_pod
+    assert release["values"]["progressDeadlineSeconds"] == per_pod
+    assert release["values"]["rollingUpdate"] == {"maxSurge": "25%", "maxUnavailable": 0}
     values = release["values"]
     scaling = config["autoscaling"]
     assert values["autoscaling"] == {
@@ -173,18 +183,50 @@ def test_service_release_values_come_from_the_stack_file(result):
         "minReplicas": scaling["minReplicas"],
         "maxReplicas": scaling["maxReplicas"],
         "targetCPUUtilizationPercentage": scaling["targetCPUUtilizationPercentage"],
-        "requestsPerSecondMetric": True,
-        "targetRequestsPerSecondPerPod": scaling["targetRequestsPerSecondPerPod"],
+        "textsPerSecondMetric": True,
+        "targetTextsPerSecondPerPod": scaling["targetTextsPerSecondPerPod"],
     }
     assert values["pdb"]["enabled"] is config["pdb"]["enabled"]
     assert values["resources"] == config["resources"]
-    assert values["server"] == config["server"]
+    assert values["server"] == {"gracefulShutdownSeconds": 30, **config["server"]}
     assert values["probes"] == config["probes"]
     assert values["metrics"]["serviceMonitor"]["enabled"] is (stack == "prod")
+    rule = values["metrics"]["prometheusRule"]
+    assert rule["enabled"] is (stack == "prod")
+    assert values["metrics"]["grafanaDashboard"] == {"enabled": stack == "prod"}
+    if stack == "prod":
+        alerts = config["monitoring"]["alerts"]
+        assert rule == {
+            "enabled": True,
+            "labels": config["monitoring"]["prometheusRuleLabels"],
+            "latencySloSeconds": 1.0,  # capacity.sloP95Ms unset: the default 1000 ms
+            "errorRatio": 0.01,
+            "overloadRatio": 0.05,
+            "restartsPerHour": 3,
+            "runbookUrl": alerts["runbookUrl"],
+        }
     repository, digest = res.outputs["imageRef"].split("@")
     assert values["image"] == {"repository": repository, "digest": digest}
     expected_pull = [{"name": "uninlu-registry"}] if stack == "prod" else []
     assert values["imagePullSecrets"] == expected_pull
+
+
+def test_shutdown_budget_fits_the_grace_period_the_program_deploys(result):
+    """server.gracefulShutdownSeconds -> the server's split (drain delay, in-flight requests,
+    batcher close: what the pod reads from its ConfigMap) + the preStop sleep, against the
+    terminationGracePeriodSeconds the program's release renders."""
+    _, res = result
+    manifests = rendered(res)
+    settings = Settings.from_env(find(manifests, "ConfigMap", name="uninlu")["data"])
+    budget = settings.shutdown_budget
+    pod = find(manifests, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert budget.drain_delay + budget.http_graceful + budget.batcher_close == 30
+    assert (
+        sleep + budget.total + shutdown.EXIT_MARGIN_SECONDS == pod["terminationGracePeriodSeconds"]
+    )
+    assert release_inputs(res)["values"]["lifecycle"]["terminationGracePeriodSeconds"] == 40
 
 
 def test_dependency_order(result):
@@ -223,6 +265,11 @@ def test_registry_password_is_only_ever_a_secret():
     assert not is_secret(values) and plain_occurrences(values, "sha256:")
 
 
+def _quantity(value: float) -> str:
+    """How the chart writes a decimal target: whole numbers plain, others in milli-units."""
+    return str(int(value)) if float(value).is_integer() else f"{round(value * 1000)}m"
+
+
 def test_chart_renders_valid_manifests_with_the_stack_hpa(result):
     """Bridge: the values the program hands to Helm, rendered by the real Helm engine."""
     stack, res = result
@@ -240,10 +287,10 @@ def test_chart_renders_valid_manifests_with_the_stack_hpa(result):
         "averageUtilization": scaling["targetCPUUtilizationPercentage"],
     }
     pods = metrics["Pods"]["pods"]
-    assert pods["metric"]["name"] == PREDICT_RPS_METRIC
+    assert pods["metric"]["name"] == PREDICT_TEXTS_METRIC
     assert pods["target"] == {
         "type": "AverageValue",
-        "averageValue": str(scaling["targetRequestsPerSecondPerPod"]),
+        "averageValue": _quantity(scaling["targetTextsPerSecondPerPod"]),
     }
     deployment = find(manifests, "Deployment")
     assert "replicas" not in deployment["spec"]  # the HPA owns the count
@@ -332,7 +379,7 @@ def test_torch_runtime_for_gpu_nodes():
     image = res.run.one(IMAGE).plain_inputs
     assert image["target"] == "runtime"
     assert "ONNX_BACKEND" not in image["buildArgs"]
-    assert find(rendered(res), "ConfigMap")["data"]["DEVICE"] == "cuda"
+    assert find(rendered(res), "ConfigMap", name="uninlu")["data"]["DEVICE"] == "cuda"
 
 
 def test_fixed_replicas_without_autoscaling():
@@ -418,11 +465,11 @@ def test_workflows_preview_every_stack_on_prs_and_deploy_dev_before_prod():
 def test_adapter_rule_is_valid_promql_for_the_predict_routes_only():
     """The queries the adapter runs, parsed by a real PromQL parser (a typo here would only show
     up in a live cluster, as an HPA stuck at <unknown>)."""
-    rule = monitoring.predict_rps_rule()
+    rule = monitoring.predict_texts_rule()
     # What the adapter substitutes when the HPA asks for the metric of two pods.
     query = (
         rule["metricsQuery"]
-        .replace("<<.Series>>", REQUESTS_TOTAL)
+        .replace("<<.Series>>", PREDICT_TEXTS_TOTAL)
         .replace("<<.LabelMatchers>>", 'namespace="uninlu",pod=~"uninlu-a|uninlu-b"')
         .replace("<<.GroupBy>>", "pod")
     )
@@ -433,7 +480,7 @@ def test_adapter_rule_is_valid_promql_for_the_predict_routes_only():
     (window,) = parsed.expr.args
     assert window.range.total_seconds() == 120
     selector = window.vector_selector
-    assert selector.name == REQUESTS_TOTAL
+    assert selector.name == PREDICT_TEXTS_TOTAL
     matchers = {m.name: (m.op, m.value) for m in selector.matchers.matchers}
     assert matchers["namespace"] == (promql_parser.MatchOp.Equal, "uninlu")
     op, route_regex = matchers["route"]
@@ -445,7 +492,60 @@ def test_adapter_rule_is_valid_promql_for_the_predict_routes_only():
         assert not re.fullmatch(route_regex, other)
 
     series = promql_parser.parse(rule["seriesQuery"])
-    assert isinstance(series, promql_parser.VectorSelector) and series.name == REQUESTS_TOTAL
+    assert isinstance(series, promql_parser.VectorSelector) and series.name == PREDICT_TEXTS_TOTAL
     series_matchers = {m.name: (m.op, m.value) for m in series.matchers.matchers}
     assert series_matchers["route"] == (promql_parser.MatchOp.Re, route_regex)
     assert series_matchers["pod"] == (promql_parser.MatchOp.NotEqual, "")
+
+
+def test_texts_metric_and_its_stack_key_are_pinned_everywhere():
+    """The HPA's metric name and its target key must agree across the app, the adapter rule, the
+    chart, the stack files and the docs; the request-counting names they replaced are gone."""
+    rule = monitoring.predict_texts_rule()
+    assert rule["name"]["as"] == PREDICT_TEXTS_METRIC
+    assert PREDICT_TEXTS_TOTAL in rule["seriesQuery"]
+    hpa_template = (REPO / "infra" / "chart" / "templates" / "hpa.yaml").read_text()
+    assert f"name: {PREDICT_TEXTS_METRIC}\n" in hpa_template
+    assert "$a.targetTextsPerSecondPerPod" in hpa_template
+    chart_values = yaml.safe_load((REPO / "infra" / "chart" / "values.yaml").read_text())
+    assert chart_values["autoscaling"]["targetTextsPerSecondPerPod"] > 0
+    for stack in STACKS:
+        assert stack_yaml(stack)["autoscaling"]["targetTextsPerSecondPerPod"] > 0
+    docs = [REPO / "README.md", REPO / "docs" / "stack-config.md"]
+    for doc in docs:
+        text = doc.read_text()
+        assert PREDICT_TEXTS_METRIC in text, doc
+        assert "targetTextsPerSecondPerPod" in text, doc
+    old_names = ("uninlu_predict_requests_per_second", "requestsPerSecondMetric")
+    places = [
+        *docs,
+        REPO / "Pulumi.dev.yaml",
+        REPO / "Pulumi.prod.yaml",
+        *sorted((REPO / "infra").rglob("*.py")),
+        *sorted((REPO / "infra" / "chart").rglob("*.yaml")),
+        *sorted((REPO / "infra" / "chart").rglob("*.json")),
+        *sorted((REPO / "infra" / "chart").rglob("*.txt")),
+    ]
+    for path in places:
+        text = path.read_text()
+        assert not [name for name in old_names if name in text], path
+
+
+def test_namespace_pins_the_pod_security_standard_to_the_oldest_supported_kubernetes(result):
+    _, res = result
+    labels = res.run.one("kubernetes:core/v1:Namespace").plain_inputs["metadata"]["labels"]
+    chart = yaml.safe_load((REPO / "infra/chart/Chart.yaml").read_text())
+    oldest = re.match(r">=\s*(\d+\.\d+)", chart["kubeVersion"]).group(1)
+    assert labels == {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": f"v{oldest}",
+        "pod-security.kubernetes.io/warn": "restricted",
+        "pod-security.kubernetes.io/warn-version": f"v{oldest}",
+    }
+
+
+def test_prod_adapter_queries_the_prometheus_clusterip_service_not_the_headless_one():
+    url = stack_yaml("prod")["monitoring"]["prometheusUrl"]
+    # kube-prometheus-stack names it <fullname>-prometheus (templates/prometheus/service.yaml).
+    assert url == "http://kube-prometheus-stack-prometheus.monitoring.svc"
+    assert "prometheus-operated" not in url

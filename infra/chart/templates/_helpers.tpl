@@ -66,19 +66,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-What shutting down takes: preStop sleep + the server's DRAIN_DELAY_SECONDS (if set through
-server.extraEnv) + server.gracefulShutdownSeconds.
+What shutting down takes: the preStop sleep, then server.gracefulShutdownSeconds, the server's
+whole budget after SIGTERM (its drain delay, in-flight requests and batcher close are split
+inside it: app/shutdown.py).
 */}}
 {{- define "uninlu.shutdownSeconds" -}}
-{{- $drain := index (default (dict) .Values.server.extraEnv) "DRAIN_DELAY_SECONDS" | default 0 | float64 | ceil | int }}
-{{- add .Values.lifecycle.preStopSleepSeconds .Values.server.gracefulShutdownSeconds $drain }}
+{{- add .Values.lifecycle.preStopSleepSeconds .Values.server.gracefulShutdownSeconds }}
 {{- end }}
 
-{{/* Grace period: explicit, or the shutdown time + 10 s for the process to exit. */}}
+{{/* Grace period: explicit, or the shutdown time + 5 s for the process to exit
+(app/shutdown.py termination_grace_period, which the deploying program passes explicitly). */}}
 {{- define "uninlu.terminationGracePeriodSeconds" -}}
 {{- $needed := int (include "uninlu.shutdownSeconds" .) }}
 {{- if kindIs "invalid" .Values.lifecycle.terminationGracePeriodSeconds }}
-{{- add $needed 10 }}
+{{- add $needed 5 }}
 {{- else }}
 {{- int .Values.lifecycle.terminationGracePeriodSeconds }}
 {{- end }}
@@ -145,7 +146,7 @@ says how to fix them.
 {{- if not (kindIs "invalid" .Values.lifecycle.terminationGracePeriodSeconds) }}
 {{- $needed := int (include "uninlu.shutdownSeconds" .) }}
 {{- if le (int .Values.lifecycle.terminationGracePeriodSeconds) $needed }}
-{{- fail (printf "lifecycle.terminationGracePeriodSeconds (%d) must be longer than lifecycle.preStopSleepSeconds + server.gracefulShutdownSeconds (+ DRAIN_DELAY_SECONDS) (%d), or the kubelet kills the server mid-drain; raise it or leave it null to derive it" (int .Values.lifecycle.terminationGracePeriodSeconds) $needed) }}
+{{- fail (printf "lifecycle.terminationGracePeriodSeconds (%d) must be longer than lifecycle.preStopSleepSeconds + server.gracefulShutdownSeconds (%d), or the kubelet kills the server mid-drain; raise it or leave it null to derive it" (int .Values.lifecycle.terminationGracePeriodSeconds) $needed) }}
 {{- end }}
 {{- end }}
 {{- if lt (int .Values.probes.modelLoadTimeoutSeconds) (int .Values.probes.startup.periodSeconds) }}
@@ -182,4 +183,9 @@ seccompProfile:
 {{- $_ := set $res "limits" (merge (deepCopy .Values.extraResources) (default (dict) $res.limits)) }}
 {{- end }}
 {{- toYaml $res }}
+{{- end }}
+
+{{/* PromQL regex of the predict route templates (app/metrics.py PREDICT_ROUTES; a test pins them). */}}
+{{- define "uninlu.predictRoutes" -}}
+/predict|/predict/batch
 {{- end }}

@@ -1,0 +1,96 @@
+"""`make plan`'s parts that need no measurement: reading the stack, the recommendation worked by
+hand, the behaviour it simulates, and a whole `--reuse` run on a recorded capacity."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import capacity, plan
+from bench.hpa import Policy, Rules
+
+RECORD = {
+    "runtime": "onnx",
+    "cpus": 2.0,
+    "slo_p95_ms": 1000,
+    "texts_per_second": 5.0,
+    "service_rate": 6.25,
+    "max_queue": 128,
+    "ready_seconds": 4.0,
+    "step_seconds": 30,
+    "date": "2026-12-01T20:00:00Z",
+    "curve": [
+        {"offered": 2.0, "throughput": 2.0, "p95_answered_ms": 300.0, "share_429": 0.0},
+        {"offered": 5.0, "throughput": 5.0, "p95_answered_ms": 900.0, "share_429": 0.0},
+        {"offered": 9.0, "throughput": 6.25, "p95_answered_ms": 20000.0, "share_429": 0.2},
+    ],
+}
+
+
+def test_recommendation_worked_by_hand_for_prod():
+    settings = plan.stack_settings("prod")  # onnx, CPU request = limit = 2, PDB on
+    rec = plan.recommendation(RECORD, settings, peak=25, headroom=0.7)
+    values = {key: value for key, (value, _) in rec.items()}
+    # 5 x 0.7 = 3.5 texts/s; CPU at 3.5 of 6.25 saturated: 2 x 0.56 / 2 = 56 %; PDB -> 2;
+    # ceil(25 / 3.5) = ceil(7.14) = 8.
+    assert values == {
+        "targetTextsPerSecondPerPod": 3.5,
+        "targetCPUUtilizationPercentage": 56,
+        "minReplicas": 2,
+        "maxReplicas": 8,
+    }
+    assert all(why for _, why in rec.values())
+    assert plan.config_commands("prod", rec)[0] == (
+        "pulumi config set --path 'uninlu:autoscaling.targetTextsPerSecondPerPod' 3.5 --stack prod"
+    )
+
+
+def test_dev_cpu_percent_is_of_its_smaller_request():
+    settings = plan.stack_settings("dev")  # request 500m, limit 2, no PDB
+    rec = plan.recommendation(RECORD, settings, peak=6, headroom=0.7)
+    assert rec["minReplicas"][0] == 1
+    assert rec["maxReplicas"][0] == 2  # ceil(6 / 3.5)
+    assert rec["targetCPUUtilizationPercentage"][0] == 95  # 2 x 0.56 / 0.5 = 224 %, capped
+
+
+def test_behaviour_is_the_charts_unless_the_stack_sets_one():
+    up, down = plan.behaviour(plan.stack_settings("prod"))
+    assert up == Rules(0, "Max", (Policy("Percent", 100, 60), Policy("Pods", 2, 60)))
+    assert down == Rules(300, "Min", (Policy("Pods", 1, 120),))
+
+
+def test_unknown_stack_is_a_clear_error():
+    with pytest.raises(SystemExit, match=r"no Pulumi\.nope\.yaml"):
+        plan.stack_settings("nope")
+
+
+def test_reuse_plans_from_the_record_without_measuring(tmp_path, capsys):
+    record_file = tmp_path / "capacity.json"
+    capacity.save(RECORD, record_file)
+    out = tmp_path / "out"
+    argv = ["--stack", "prod", "--reuse", "--capacity-file", str(record_file), "--out", str(out)]
+    assert plan.main([*argv, "--minutes", "6", "--day-minutes", "12"]) == 0
+    printed = capsys.readouterr().out
+    assert "targetTextsPerSecondPerPod = 3.5" in printed
+    result = json.loads((out / "plan-prod.json").read_text())
+    assert {(r["shape"], r["policy"]) for r in result["simulation"]} == {
+        (shape, policy)
+        for shape in ("step", "ramp", "daily", "spike")
+        for policy in ("cpu", "texts", "both")
+    }
+    for row in result["simulation"]:
+        assert row["replica_hours"] <= row["fixed_replica_hours"] + 1e-9
+        assert 2 <= row["mean_replicas"] <= 8
+    # A 3x spike over a 25 texts/s peak cannot be held by 8 pods at 6.25: it must show as 429s.
+    spikes = [r for r in result["simulation"] if r["shape"] == "spike"]
+    assert all(r["texts_429"] > 0 and r["seconds_above_slo"] > 0 for r in spikes)
+    for path in result["plots"]:
+        assert (out / path.rsplit("/", 1)[1]).read_bytes()[:4] == b"\x89PNG"
+    assert result["seed_figures"]["mean_replicas"] < 8
+
+
+def test_reuse_without_a_record_says_what_to_run(tmp_path):
+    argv = ["--stack", "prod", "--reuse", "--capacity-file", str(tmp_path / "none.json")]
+    with pytest.raises(SystemExit, match="has no onnx record at 2 CPUs"):
+        plan.main([*argv, "--out", str(tmp_path)])
