@@ -26,6 +26,7 @@ from bench.server import ServerProcess, padded_share
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / ".models" / "base"
 DEFAULT_OUT = REPO / "bench" / "out"
+EXPORTER_FILES = ("export_onnx.py", "onnx_fusion.py", "onnx_int8.py")
 
 
 @dataclass(frozen=True)
@@ -130,10 +131,14 @@ def ensure_model(model: Path, need_onnx: bool) -> dict:
         made["checkpoint_s"] = time.perf_counter() - start
     graph = model / "onnx" / "cross.int8.onnx"
     weights = max((model / n for n in ("pytorch_model.bin", "model.safetensors")), key=_mtime)
-    if need_onnx and _mtime(graph) < _mtime(weights):  # missing, or older than the checkpoint
+    # Stale too when the exporter changed (fusions, the int8 recipe): graphs of an older one.
+    makers = [weights, *(REPO / "app" / n for n in EXPORTER_FILES)]
+    if need_onnx and _mtime(graph) < max(map(_mtime, makers)):  # missing, or older
         start = time.perf_counter()
+        # The examples join the int8 calibration set.
+        export = ["app.export_onnx", "--model-path", str(model), "--int8"]
         subprocess.run(
-            [sys.executable, "-m", "app.export_onnx", "--model-path", str(model), "--int8"],
+            [sys.executable, "-m", *export, "--examples", str(mix.find_examples())],
             check=True,
             cwd=REPO,
         )

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 
 
-def _items(output: list) -> set[str]:
+def output_items(output: list) -> set[str]:
+    """An output as a set of its chains (JSON strings), for span-level comparison."""
     return {json.dumps(chain, ensure_ascii=False, sort_keys=True) for chain in output}
 
 
@@ -18,10 +19,10 @@ def compare(reference: dict[str, list], candidate: dict[str, list]) -> dict:
     for task, ref in reference.items():
         got = candidate.get(task)
         if got is None:
-            union += len(_items(ref))
+            union += len(output_items(ref))
             continue
         identical += got == ref
-        a, b = _items(ref), _items(got)
+        a, b = output_items(ref), output_items(got)
         matched += len(a & b)
         union += len(a | b)
     share = matched / union if union else 1.0

@@ -18,7 +18,6 @@ levels where the spans above agreed).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from app.cases import generate_cases
 from app.onnx_backend import ONNX_DIR, OnnxBackend, graph_paths
 from app.pipeline import predict
 from app.tokenizer import load_tokenizer
+from bench.agreement import output_items
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / ".models" / "base"
@@ -64,7 +64,7 @@ class Tally:
     forms: set = field(default_factory=set)
 
     def add(self, want: list, got: list, head: float, tail: float) -> None:
-        a, b = _items(want), _items(got)
+        a, b = output_items(want), output_items(got)
         self.cases += 1
         self.identical += want == got
         self.tp += len(a & b)
@@ -81,10 +81,6 @@ class Tally:
             f"| {name} | {self.cases} | {self.identical} | {self.tp + self.fn} | {p:.3f} | "
             f"{r:.3f} | {f1:.3f} | {self.head:.3f} | {self.tail:.3f} |"
         )
-
-
-def _items(output: list) -> set[str]:
-    return {json.dumps(chain, ensure_ascii=False, sort_keys=True) for chain in output}
 
 
 def _gaps(ref: _Recorder, cand: _Recorder) -> tuple[float, float]:
