@@ -177,10 +177,10 @@ class Controller:
 
     def _limit_rate(self, now: float, current: int, desired: int) -> int:
         if desired > current:
-            limit = max(self._scale_up_limit(now, current), current)
+            limit = max(self._policy_limit(self.scale_up, now, current, up=True), current)
             return min(desired, limit, self.max_replicas)
         if desired < current:
-            limit = min(self._scale_down_limit(now, current), current)
+            limit = min(self._policy_limit(self.scale_down, now, current, up=False), current)
             return max(desired, limit, self.min_replicas)
         return desired
 
@@ -192,30 +192,19 @@ class Controller:
         removed = self._changed_within(self.down_events, policy.period_seconds, now)
         return current - added + removed
 
-    def _scale_up_limit(self, now: float, current: int) -> int:
-        rules = self.scale_up
+    def _policy_limit(self, rules: Rules, now: float, current: int, up: bool) -> int:
+        """The furthest count the policies allow from where each period started; selectPolicy
+        Max takes the largest change (the highest count up, the lowest down), Min the smallest."""
         if rules.select_policy == "Disabled":
             return current
-        pick = min if rules.select_policy == "Min" else max
+        pick = max if (rules.select_policy != "Min") == up else min
         proposals = []
         for policy in rules.policies:
             start = self._period_start(policy, current, now)
             if policy.type == "Pods":
-                proposals.append(start + policy.value)
-            else:  # rounded up, or a small deployment could never grow
+                proposals.append(start + policy.value if up else start - policy.value)
+            elif up:  # rounded up, or a small deployment could never grow
                 proposals.append(math.ceil(start * (1 + policy.value / 100)))
-        return pick(proposals)
-
-    def _scale_down_limit(self, now: float, current: int) -> int:
-        rules = self.scale_down
-        if rules.select_policy == "Disabled":
-            return current
-        pick = max if rules.select_policy == "Min" else min
-        proposals = []
-        for policy in rules.policies:
-            start = self._period_start(policy, current, now)
-            if policy.type == "Pods":
-                proposals.append(start - policy.value)
             else:
                 proposals.append(int(start * (1 - policy.value / 100)))
         return pick(proposals)

@@ -198,6 +198,8 @@ class Server(_Model):
 
     device: Literal["auto", "cpu", "cuda"] | None = None
     torch_threads: int | None = Field(None, ge=1)
+    omp_wait_policy: Literal["ACTIVE", "PASSIVE"] | None = None
+    intra_op_spinning: bool | None = None
     max_text_chars: int | None = Field(None, ge=1)
     max_batch_tokens: int | None = Field(None, ge=1)
     batch_wait_ms: int | None = Field(None, ge=0)
@@ -205,6 +207,7 @@ class Server(_Model):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
     log_format: Literal["json", "text"] | None = None
     graceful_shutdown_seconds: int | None = Field(None, ge=0)
+    request_timeout_seconds: float | None = Field(None, gt=0, le=3600)
 
 
 class Alerts(_Model):
@@ -459,11 +462,14 @@ def capacity_warning(settings: Settings, path: Path) -> str | None:
     cpus = pod_cpus(settings)
     if not settings.autoscaling.enabled or target is None or cpus is None:
         return None
-    record = recorded_capacity(settings.image.runtime, cpus, path)
-    if record is None or target <= record["texts_per_second"]:
-        return None
-    note = " (provisional measurement)" if record.get("provisional") else ""
     shown = path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
+    try:
+        record = recorded_capacity(settings.image.runtime, cpus, path)
+        if record is None or target <= float(record["texts_per_second"]):
+            return None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"{shown} is not a readable capacity record ({err!r}); the texts target is unchecked"
+    note = " (provisional measurement)" if record.get("provisional") else ""
     return (
         f"{NAMESPACE}:autoscaling.targetTextsPerSecondPerPod is {target:g} texts/s per pod, above "
         f"the recorded capacity of one {settings.image.runtime} pod with {cpus:g} CPUs: "

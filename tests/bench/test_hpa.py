@@ -157,3 +157,12 @@ def test_default_behaviour_is_the_api_servers():
     hpa = Controller(1, 100)
     # Default scale-up: max(+4 pods, +100 %) per 15 s: from 2 -> max(6, 4) = 6.
     assert hpa.decide(0, 2, [50]) == 6
+
+
+def test_scale_down_select_policy_picks_the_largest_or_smallest_change():
+    # From 6 pods: Percent 50 allows int(6 * 0.5) = 3, Pods 1 allows 5.
+    policies = (Policy("Percent", 50, 60), Policy("Pods", 1, 60))
+    largest = Controller(1, 10, UP, Rules(0, "Max", policies))
+    assert largest.decide(0, 6, [1]) == 3
+    smallest = Controller(1, 10, UP, Rules(0, "Min", policies))
+    assert smallest.decide(0, 6, [1]) == 5

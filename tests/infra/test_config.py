@@ -127,6 +127,10 @@ CASES = {
         {"overrides": {"server": {**prod_value("server"), "device": "cuda"}}},
         ["uninlu:server.device: cuda needs image.runtime: torch"],
     ),
+    "request timeout of zero": (
+        {"overrides": {"server": {**prod_value("server"), "requestTimeoutSeconds": 0}}},
+        ["uninlu:server.requestTimeoutSeconds", "greater than 0"],
+    ),
     "unknown image runtime": (
         {"overrides": with_changes("image", runtime="tensorrt")},
         ["uninlu:image.runtime", "'onnx', 'onnx-int8' or 'torch'"],
@@ -252,6 +256,13 @@ def test_no_warning_within_capacity_or_without_a_matching_record(monkeypatch, tm
     other_runtime = _capacity_file(tmp_path, runtime="onnx-int8")
     assert _warnings_of_prod(monkeypatch, other_runtime, target=20) == []
     assert _warnings_of_prod(monkeypatch, tmp_path / "missing.json", target=20) == []
+
+
+def test_an_unreadable_capacity_file_is_a_warning_not_a_traceback(monkeypatch, tmp_path):
+    broken = tmp_path / "capacity.json"
+    broken.write_text('{"records": [{"runtime": "onnx"')
+    (warning,) = _warnings_of_prod(monkeypatch, broken, target=20)
+    assert "is not a readable capacity record" in warning and str(broken) in warning
 
 
 @pytest.mark.parametrize(

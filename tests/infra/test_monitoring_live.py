@@ -20,6 +20,8 @@ import httpx
 import pytest
 import yaml
 
+from app.metrics import PREDICT_TEXTS_TOTAL
+from infra import monitoring
 from infra.chart_render import render_chart, write_rule_file
 from infra.dashboard import PANELS
 from tests.app.conftest import ServerProcess, free_port
@@ -333,3 +335,30 @@ def test_every_dashboard_query_returns_data(live):
             assert result == [], query  # nothing else here exports these series
         else:
             assert result, f"dashboard query without data: {query}"
+
+
+def test_the_adapter_rule_gives_each_pod_its_texts_per_second(live):
+    """The HPA's metric as the Prometheus Adapter asks for it: the rule's seriesQuery finds both
+    pods, and its metricsQuery, with the adapter's substitutions for them, gives each pod the
+    texts it was offered (whatever the answer) per second."""
+    prometheus, _, _, start, end = live
+    rule = monitoring.predict_texts_rule()
+    found = httpx.get(
+        prometheus.url + "/api/v1/series", params={"match[]": rule["seriesQuery"]}
+    ).json()["data"]
+    assert {series["pod"] for series in found} == set(PODS)
+    query = (
+        rule["metricsQuery"]
+        .replace("<<.Series>>", PREDICT_TEXTS_TOTAL)
+        .replace("<<.LabelMatchers>>", f'{NS_MATCH},pod=~"{"|".join(PODS)}"')
+        .replace("<<.GroupBy>>", "pod")
+    )
+    expr, seconds = _over_window(query, start, end)
+    per_pod = _by(prometheus.query(expr, end), "pod")
+    stretch = seconds / (seconds - 2.2)
+    # The busy pod: twice the mix (3 single calls, a batch of 2, a 413 and a 422 whose bodies
+    # parsed; the invalid JSON never did) and 16 burst calls, answered or refused with 429.
+    # The draining pod: three 503s.
+    expected = {PODS[0]: 2 * (3 + BATCH_ITEMS + 1 + 1) + 16, PODS[1]: 3}
+    for pod, texts in expected.items():
+        assert texts * 0.999 <= per_pod[(pod,)] * seconds <= texts * stretch, (pod, per_pod)
