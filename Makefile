@@ -12,7 +12,7 @@ PIP_FLAGS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 # Pulumi: a local file state backend inside the repo unless the user configured one.
 export PULUMI_BACKEND_URL ?= file://$(CURDIR)/.pulumi-state
 
-.PHONY: help venv lint test test-fast serve up preview kind-up kind-down bench plan image-test dashboard clean
+.PHONY: help venv lint test test-fast serve up preview kind-up kind-down bench peer-venv plan image-test dashboard clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -76,8 +76,15 @@ kind-up: ## the dev stack's laptop cluster: kind, registry localhost:5001, build
 kind-down: ## remove what kind-up made (cluster, registry, builder)
 	@bash infra/kind/down.sh
 
-bench: venv ## benchmark on a full-size random checkpoint (prints a table, writes bench/out/)
-	$(PY) -m bench
+# make bench CONTENTION=1: every configuration again with a CPU hog on one core; PEER=1: add the
+# ModelScope peer (its own venv, `make peer-venv`); BENCH_ARGS: further `python -m bench` options.
+BENCH_FLAGS = $(if $(filter 1,$(CONTENTION)),--contention,) $(if $(filter 1,$(PEER)),--peer,) $(BENCH_ARGS)
+
+bench: venv ## benchmark on a full-size random checkpoint (CONTENTION=1, PEER=1; writes bench/out/)
+	$(PY) -m bench $(BENCH_FLAGS)
+
+peer-venv: venv ## the bench peer's own venv .venv-peer (ModelScope, transformers < 5, CPU torch)
+	$(PY) -c "from bench.peer import ensure_venv; print(ensure_venv())"
 
 plan: venv ## autoscaling targets for STACK from one pod's measured capacity (PLAN_ARGS=--reuse: no measuring)
 	$(require_stack)
@@ -90,4 +97,4 @@ dashboard: venv ## regenerate the chart's Grafana dashboard JSON (infra/chart/da
 	$(PY) -m infra.dashboard
 
 clean: ## remove the venvs and generated files
-	rm -rf $(VENV) $(CHECKOV_VENV) .models bench/out .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .venv-peer .models bench/out .pytest_cache .ruff_cache

@@ -8,14 +8,37 @@ import sys
 
 
 def _predict(args: argparse.Namespace) -> int:
+    """The server's slicing and limits (from the same environment settings), unless --no-limits
+    lifts the limits on purpose; the slicing always stays, it bounds peak memory."""
     from app.backend import load_backend
     from app.errors import UninluError
     from app.pipeline import parse_schema, predict
+    from app.settings import Settings
 
     try:
-        schema = parse_schema(args.schema)
+        settings = Settings.from_env()
+        lifted = args.no_limits
+        if not lifted and len(args.text) > settings.max_text_chars:
+            raise ValueError(
+                f"text has {len(args.text)} characters; the limit is MAX_TEXT_CHARS="
+                f"{settings.max_text_chars} (--no-limits lifts it)"
+            )
+        schema = parse_schema(
+            args.schema,
+            None if lifted else settings.max_schema_depth,
+            None if lifted else settings.max_schema_nodes,
+        )
         backend, tokenizer = load_backend(args.model_path, device=args.device, threads=args.threads)
-        output = predict(backend, tokenizer, args.text, schema, args.output_all_prefix)
+        output = predict(
+            backend,
+            tokenizer,
+            args.text,
+            schema,
+            args.output_all_prefix,
+            slice_tokens=settings.slice_tokens,
+            max_prompt_rows=None if lifted else settings.max_prompt_rows,
+            max_cost=None if lifted else settings.max_request_cost,
+        )
     except (UninluError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -34,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-all-prefix", action="store_true", help="also output inner chains")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--no-limits",
+        action="store_true",
+        help="lift MAX_TEXT_CHARS, MAX_SCHEMA_*, MAX_PROMPT_ROWS and MAX_REQUEST_COST (the "
+        "server's limits, read from the same environment); backend calls stay sliced to "
+        "SLICE_TOKENS",
+    )
     args = parser.parse_args(argv)
     if args.command == "predict":
         return _predict(args)

@@ -36,6 +36,8 @@ REJECT_REASON = {
     "invalid_schema": "invalid_request",
     "invalid_json": "invalid_request",
     "too_complex": "too_complex",
+    "deadline_exceeded": "deadline_exceeded",
+    "client_disconnected": "client_disconnected",
 }
 
 

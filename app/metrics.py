@@ -29,8 +29,14 @@ REJECT_REASONS = (
     "too_many_items",
     "invalid_request",
     "too_complex",
+    "deadline_exceeded",  # 504: the request's time limit passed; its remaining steps dropped
+    "client_disconnected",  # the client closed the connection first; remaining steps dropped
 )
 INFERENCE_STAGES = ("tokenize", "encode", "score", "decode")
+BACKEND_STAGES = ("encode", "score")
+TOKEN_KINDS = ("real", "padded")  # padded: positions of a padded call that hold no token
+_COST_BUCKETS = (100, 300, 1000, 3000, 10000, 20000, 40000, 80000, 160000, 400000)
+_ROW_BUCKETS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 class Metrics:
@@ -88,9 +94,29 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
+        self.backend_tokens = Counter(
+            "uninlu_backend_tokens",
+            "Tokens in the backend calls the batcher formed, by stage (encode|score) and kind: "
+            "real (text or prompt tokens) or padded (padding up to the call's longest row)",
+            ("stage", "kind"),
+            registry=r,
+        )
+        self.request_cost_tokens = Histogram(
+            "uninlu_request_cost_tokens",
+            "Model tokens a prediction actually sent to the backend (its cost), per prediction",
+            buckets=_COST_BUCKETS,
+            registry=r,
+        )
+        self.request_prompt_rows = Histogram(
+            "uninlu_request_prompt_rows",
+            "Prompt rows a prediction actually scored, per prediction",
+            buckets=_ROW_BUCKETS,
+            registry=r,
+        )
         self.rejected = Counter(
             "uninlu_rejected_total",
-            "Requests refused before inference, by cause",
+            "Requests refused before inference, or cancelled during it (deadline_exceeded, "
+            "client_disconnected), by cause",
             ("reason",),
             registry=r,
         )
@@ -117,3 +143,6 @@ class Metrics:
             self.rejected.labels(reason)
         for stage in INFERENCE_STAGES:
             self.inference.labels(stage)
+        for stage in BACKEND_STAGES:
+            for kind in TOKEN_KINDS:
+                self.backend_tokens.labels(stage, kind)

@@ -117,7 +117,8 @@ class ObservabilityMiddleware:
                 "status": status,
                 "duration_ms": round(elapsed * 1000, 2),
             }
-            for key in ("text_chars", "schema_nodes", "items", "text"):
+            keys = ("text_chars", "schema_nodes", "items", "cost_estimate", "cost_tokens")
+            for key in (*keys, "cost_rows", "cancelled", "text"):
                 if key in info:
                     extra[key] = info[key]
             access_log.info("request", extra=extra)

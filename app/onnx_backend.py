@@ -58,7 +58,14 @@ def _pad(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 class OnnxBackend:
     """Two ONNX Runtime sessions: the first half (text windows and prompts) and the cross half."""
 
-    def __init__(self, encoder_path: Path, cross_path: Path, name: str, threads: int | None = None):
+    def __init__(
+        self,
+        encoder_path: Path,
+        cross_path: Path,
+        name: str,
+        threads: int | None = None,
+        spinning: bool = False,
+    ):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -66,9 +73,9 @@ class OnnxBackend:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = int(threads or os.cpu_count() or 1)
         options.inter_op_num_threads = 1
-        # Idle worker threads sleep instead of spinning: spinning burns a pod's CPU quota and,
-        # on a busy node, steals the core the other thread waits for (measured: 2x slower).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Idle worker threads sleep unless `spinning` (INTRA_OP_SPINNING): spinning burns a pod's
+        # CPU quota and, on a busy node, steals the core the other thread waits for (2x slower).
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
         # No arena: it keeps the largest batch's activations for good (measured: peak RSS
         # 745 -> 566 MB over mixed batch sizes, no slower), and a pod's limit must cover peaks.
         options.enable_cpu_mem_arena = False
@@ -132,6 +139,7 @@ def load_onnx_backend(
     threads: int | None = None,
     int8: bool = False,
     onnx_dir: str | Path | None = None,
+    spinning: bool = False,
 ):
     """(OnnxBackend, tokenizer) for a checkpoint directory whose `onnx/` folder (or `onnx_dir`)
     holds the exported graphs. A missing graph is a CheckpointError that says how to make it."""
@@ -145,7 +153,7 @@ def load_onnx_backend(
                 f"{model_path} --out {folder}{' --int8' if int8 else ''}`"
             )
     name = "onnx-int8" if int8 else "onnx-fp32"
-    backend = OnnxBackend(encoder_path, cross_path, name=name, threads=threads)
+    backend = OnnxBackend(encoder_path, cross_path, name=name, threads=threads, spinning=spinning)
     from app.tokenizer import load_tokenizer  # imports transformers: only when serving
 
     tokenizer = load_tokenizer(model_path)

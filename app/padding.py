@@ -27,3 +27,22 @@ def length_groups(lengths: list[int], waste: float = PAD_WASTE) -> list[list[int
     if current:
         groups.append(current)
     return groups
+
+
+def token_batches(lengths: list[int], budget: int | None) -> list[list[int]]:
+    """Indices cut into backend calls of at most `budget` padded tokens (rows x longest row),
+    shortest first so that rows of similar length share a call; a single row longer than the
+    budget goes alone. `budget=None`: everything in one call, in the given order."""
+    if budget is None:
+        return [list(range(len(lengths)))] if lengths else []
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    calls: list[list[int]] = []
+    current: list[int] = []
+    for i in order:  # sorted: the row being added is the longest so far
+        if current and lengths[i] * (len(current) + 1) > budget:
+            calls.append(current)
+            current = []
+        current.append(i)
+    if current:
+        calls.append(current)
+    return calls

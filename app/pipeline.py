@@ -24,11 +24,22 @@ from typing import Any
 import numpy as np
 
 from app.errors import InputError, SchemaError, TooComplex
+from app.padding import token_batches
 
 MAX_LEN = 384  # tokens per text window
 STRIDE = 352  # window start every STRIDE tokens (32 tokens of overlap)
 PROMPT_MAX_LEN = 128  # [CLS] prompt [SEP], truncated
 THRESHOLD = 0.5  # on the raw logits (ModelScope compares logits, not sigmoid probabilities)
+
+# Limits shared by the server (app/settings.py takes its defaults from here) and the synchronous
+# driver. Cost is counted in model tokens: every token that goes into a backend call (a text
+# window's tokens for EncodeText, window length + prompt length per ScorePrompts row).
+SLICE_TOKENS = 1024  # most tokens of one request per backend call (the scheduler's slice)
+MAX_PROMPT_ROWS = 4096  # most prompt rows of one request
+# About 52 s of one pod's worker at the measured 1.3 ms per model token (full-size int8, 2 cores:
+# the 3,000-character 10-type request of issue 15, about 38,300 tokens, took 50 s): under the
+# default 60 s request timeout. See README "Fair scheduling, deadlines and the cost budget".
+MAX_REQUEST_COST = 40000
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,35 @@ class ScorePrompts:
 
 
 Step = EncodeText | ScorePrompts
+
+
+def row_tokens(row: PromptRow) -> int:
+    """A row's length in a padded backend call (and its cost): text window + prompt."""
+    return row.position_offset + len(row.prompt_ids)
+
+
+def step_lengths(step: Step) -> list[int]:
+    """Per input of a step, its length in model tokens (what a backend call pads to)."""
+    if isinstance(step, EncodeText):
+        return [len(w) for w in step.windows]
+    if isinstance(step, ScorePrompts):
+        return [row_tokens(r) for r in step.rows]
+    raise TypeError(f"unknown pipeline step {step!r}")
+
+
+def step_slice(step: Step, indices: list[int]) -> Step:
+    """The part of a step made of the given inputs (a step is executed in pieces)."""
+    if isinstance(step, EncodeText):
+        return EncodeText([step.windows[i] for i in indices])
+    return ScorePrompts([step.rows[i] for i in indices])
+
+
+@dataclass
+class Usage:
+    """What a request cost so far: prompt rows scored and model tokens sent to the backend."""
+
+    rows: int = 0
+    tokens: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,6 +253,7 @@ class Extraction:
         schema: dict | str,
         output_all_prefix: bool = False,
         max_prompt_rows: int | None = None,
+        max_cost: int | None = None,
     ):
         if not isinstance(text, str):
             raise InputError(f"text must be a string, got {_json_type(text)}")
@@ -221,10 +262,13 @@ class Extraction:
         self.schema = parse_schema(schema)
         self.output_all_prefix = bool(output_all_prefix)
         self.max_prompt_rows = max_prompt_rows
+        self.max_cost = max_cost
+        self.planned = Usage()  # rows and tokens of the steps yielded so far
 
     def steps(self) -> Generator[Step, list, list]:
         tokens = tokenize_text(self.tokenizer, self.text)
         windows, offset = split_windows(tokens.ids)
+        self._plan(0, sum(len(w) for w in windows))
         states = yield EncodeText(windows)
         root = _Node([], self.schema)
         frontier = [root]
@@ -239,6 +283,7 @@ class Extraction:
                 prompts, truncation=True, max_length=PROMPT_MAX_LEN, verbose=False
             )["input_ids"]
             rows = [PromptRow(s, ids, offset) for ids in prompt_ids for s in states]
+            self._plan(len(rows), sum(map(row_tokens, rows)))
             results = yield ScorePrompts(rows)
             frontier = []
             n_win = len(states)
@@ -251,6 +296,15 @@ class Extraction:
                     if sub is not None:
                         frontier.append(kid)
         return self._collect(root)
+
+    def _plan(self, rows: int, tokens: int) -> None:
+        """Account for the next step; a nested level that would pass the cost budget stops the
+        request before its rows reach the backend (the admission estimate cannot know how many
+        spans an outer level yields)."""
+        if self.max_cost is not None and self.planned.tokens + tokens > self.max_cost:
+            raise TooComplex.cost(self.planned.tokens + tokens, self.max_cost, certain=True)
+        self.planned.rows += rows
+        self.planned.tokens += tokens
 
     def _collect(self, root: _Node) -> list:
         """ModelScope's order: depth first, siblings by schema order then by offset."""
@@ -267,21 +321,39 @@ class Extraction:
         return out
 
 
-def run_steps(backend, extraction: Extraction) -> list:
-    """The synchronous driver: execute each step on the backend as soon as it is yielded."""
+def run_steps(backend, extraction: Extraction, slice_tokens: int | None = SLICE_TOKENS) -> list:
+    """The synchronous driver: execute each step as soon as it is yielded, in backend calls of at
+    most `slice_tokens` padded tokens (as the server does), so peak memory is bounded by the
+    slice and not by a schema level's row count. None: each step in one call."""
     gen = extraction.steps()
     try:
         step = next(gen)
         while True:
-            if isinstance(step, EncodeText):
-                result = backend.encode(step.windows)
-            else:
-                result = backend.score(step.rows)
+            call = backend.encode if isinstance(step, EncodeText) else backend.score
+            lengths = step_lengths(step)
+            result: list = [None] * len(lengths)
+            for part in token_batches(lengths, slice_tokens):
+                piece = step_slice(step, part)
+                outputs = call(piece.windows if isinstance(piece, EncodeText) else piece.rows)
+                for i, out in zip(part, outputs, strict=True):
+                    result[i] = out
             step = gen.send(result)
     except StopIteration as stop:
         return stop.value
 
 
-def predict(backend, tokenizer, text: str, schema: dict | str, output_all_prefix=False) -> list:
-    """One request, start to end, on the calling thread."""
-    return run_steps(backend, Extraction(tokenizer, text, schema, output_all_prefix))
+def predict(
+    backend,
+    tokenizer,
+    text: str,
+    schema: dict | str,
+    output_all_prefix: bool = False,
+    *,
+    slice_tokens: int | None = SLICE_TOKENS,
+    max_prompt_rows: int | None = MAX_PROMPT_ROWS,
+    max_cost: int | None = MAX_REQUEST_COST,
+) -> list:
+    """One request, start to end, on the calling thread, with the server's default slicing and
+    limits (pass None to lift a limit on purpose)."""
+    extraction = Extraction(tokenizer, text, schema, output_all_prefix, max_prompt_rows, max_cost)
+    return run_steps(backend, extraction, slice_tokens)

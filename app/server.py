@@ -9,13 +9,17 @@ true once it answers, false again from the moment a shutdown starts.
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,8 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import __version__
-from app.batching import Batcher, Job, NotAccepting, Overloaded
+from app.batching import Batcher, DeadlineExceeded, Job, NotAccepting, Overloaded
+from app.cost import CostEstimate, estimate_cost
 from app.errors import InputError, SchemaError, TooComplex, UninluError
 from app.http_errors import ApiError, error_response, install_error_handlers
 from app.logging import configure_logging
@@ -54,6 +59,26 @@ _WARMUP_FLAT = {"人物": None, "地点": None, "组织机构": None}
 _WARMUP_NESTED = {"人物": {"地点": None, "时间": None}}
 
 Loader = Callable[[Settings], tuple[Any, Any]]
+TIMEOUT_HEADER = "x-request-timeout"
+
+
+class Admission:
+    """Cost estimates (app/cost.py) off the event loop, on one dedicated thread with its own copy
+    of the tokenizer: a fast tokenizer must not be shared between threads, and the worker's is
+    busy with inference."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = copy.deepcopy(tokenizer)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="admission")
+
+    async def estimate(self, job: Job) -> CostEstimate:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.pool, estimate_cost, self.tokenizer, job.text, job.schema
+        )
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass
@@ -63,6 +88,7 @@ class ServerState:
     settings: Settings
     metrics: Metrics
     batcher: Batcher | None = None
+    admission: Admission | None = None
     ready: bool = False
     draining: bool = False
     failed: BaseException | None = None
@@ -86,12 +112,27 @@ class ServerState:
         log.info("draining: /ready now answers 503 and new predictions are refused")
 
 
+def apply_thread_settings(settings: Settings, environ: dict | None = None) -> bool:
+    """Hand OMP_WAIT_POLICY to torch's OpenMP runtime, which reads it once, when torch loads
+    (serve() runs before any model import). False, with a warning, when torch is already loaded
+    and the setting cannot take effect in this process."""
+    environ = os.environ if environ is None else environ
+    environ["OMP_WAIT_POLICY"] = settings.omp_wait_policy
+    if "torch" in sys.modules:
+        log.warning("torch was loaded before the thread settings: OMP_WAIT_POLICY has no effect")
+        return False
+    return True
+
+
 def default_loader(settings: Settings) -> tuple[Any, Any]:
     if settings.backend in ("onnx", "onnx-int8"):  # never imports torch (the lean CPU image)
         from app.onnx_backend import load_onnx_backend
 
         return load_onnx_backend(
-            settings.model_path, settings.torch_threads, int8=settings.backend == "onnx-int8"
+            settings.model_path,
+            settings.torch_threads,
+            int8=settings.backend == "onnx-int8",
+            spinning=settings.intra_op_spinning,
         )
     from app.backend import load_backend  # torch is imported only when a model is loaded
 
@@ -116,6 +157,8 @@ def create_app(settings: Settings, loader: Loader = default_loader) -> FastAPI:
             loading.cancel()
             if state.batcher is not None:
                 await state.batcher.close(timeout=settings.shutdown_budget.batcher_close)
+            if state.admission is not None:
+                state.admission.close()
             log.info("stopped")
 
     # FastAPIOffline serves /docs and /redoc from bundled files: clusters are often air-gapped.
@@ -150,9 +193,13 @@ async def _load_and_warm_up(state: ServerState, loader: Loader) -> None:
             max_batch_requests=settings.max_batch_requests,
             max_queue=settings.max_queue,
             max_prompt_rows=settings.max_prompt_rows,
+            max_request_cost=settings.max_request_cost,
+            slice_tokens=settings.slice_tokens,
+            scheduler=settings.scheduler,
             metrics=metrics,
         )
         batcher.start()
+        state.admission = Admission(tokenizer)
         state.batcher = batcher
         if state.draining:
             batcher.stop_admitting()
@@ -205,9 +252,14 @@ def _warmup_jobs(settings: Settings) -> list[Job]:
 
 _ERRORS = {
     413: {"model": ErrorResponse, "description": "Text, body or batch too large"},
-    422: {"model": ErrorResponse, "description": "Invalid body or schema, or too complex"},
+    422: {
+        "model": ErrorResponse,
+        "description": "Invalid body, schema or X-Request-Timeout, or too complex (over "
+        "MAX_REQUEST_COST)",
+    },
     429: {"model": ErrorResponse, "description": "Overloaded; retry after `Retry-After` s"},
     503: {"model": ErrorResponse, "description": "Not ready yet, or shutting down"},
+    504: {"model": ErrorResponse, "description": "Not finished within the request's time limit"},
 }
 
 
@@ -244,22 +296,26 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/predict", response_model=PredictResponse, responses=_ERRORS, summary="Extract")
     async def predict(body: PredictRequest, request: Request) -> PredictResponse:
-        """Extract what the schema asks for from one text."""
+        """Extract what the schema asks for from one text. Header `X-Request-Timeout: <seconds>`
+        asks for a shorter time limit than the server's REQUEST_TIMEOUT_SECONDS."""
         request.state.texts = 1  # counted whatever the answer (uninlu_predict_texts_total)
+        limit = _time_limit(request, settings)
         job = _to_job(body, settings, where="")
         request.state.text_chars = len(job.text)
         request.state.schema_nodes = _count_nodes(job.schema)
         if settings.log_request_text:
             request.state.text = job.text
-        (output,) = await _run(state, [job])
+        (output,) = await _run(state, [job], request, limit)
         return PredictResponse(output=output)
 
     @app.post(
         "/predict/batch", response_model=BatchResponse, responses=_ERRORS, summary="Extract many"
     )
     async def predict_batch(body: BatchRequest, request: Request) -> BatchResponse:
-        """Several texts (each with its own schema) in one call; results in item order."""
+        """Several texts (each with its own schema) in one call; results in item order. The time
+        limit (and X-Request-Timeout) applies to the whole batch."""
         request.state.texts = len(body.items)  # counted whatever the answer, even a 413
+        limit = _time_limit(request, settings)
         if len(body.items) > settings.max_batch_items:
             raise ApiError(
                 413,
@@ -270,7 +326,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         request.state.text_chars = sum(len(j.text) for j in jobs)
         request.state.schema_nodes = sum(_count_nodes(j.schema) for j in jobs)
         request.state.items = len(jobs)
-        outputs = await _run(state, jobs)
+        outputs = await _run(state, jobs, request, limit)
         return BatchResponse(results=[PredictResponse(output=o) for o in outputs])
 
 
@@ -318,21 +374,92 @@ def _not_ready(state: ServerState) -> tuple[str, str]:
     return "not_ready", "the model is still loading"
 
 
-async def _run(state: ServerState, jobs: list[Job]) -> list[list]:
+def _time_limit(request: Request, settings: Settings) -> float:
+    """The request's time limit in seconds: REQUEST_TIMEOUT_SECONDS, or less if the client asks
+    for less with X-Request-Timeout (a larger value is capped; a bad one is a 422)."""
+    server = settings.request_timeout_seconds
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return server
+    try:
+        asked = float(raw)
+    except ValueError:
+        asked = math.nan
+    if not 0 < asked < math.inf:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"X-Request-Timeout must be a positive number of seconds, got {raw[:40]!r}",
+        )
+    return min(asked, server)
+
+
+async def _admit(state: ServerState, jobs: list[Job], request: Request) -> list[Job]:
+    """Estimate each job's cost before any compute; one certainly above MAX_REQUEST_COST makes
+    the request a 422 too_complex naming the estimate and the limit."""
+    assert state.admission is not None
+    limit = state.settings.max_request_cost
+    admitted = []
+    for i, job in enumerate(jobs):
+        estimate = await state.admission.estimate(job)
+        if estimate.cost > limit:
+            where = f"items[{i}]: " if len(jobs) > 1 else ""
+            raise ApiError(422, "too_complex", where + str(TooComplex.cost(estimate.cost, limit)))
+        admitted.append(dataclasses.replace(job, estimated_cost=estimate.cost))
+    request.state.cost_estimate = sum(j.estimated_cost or 0 for j in admitted)
+    return admitted
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects: once the body is read, the next ASGI message is
+    `http.disconnect` (uvicorn sends it when the connection closes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _run(state: ServerState, jobs: list[Job], request: Request, limit: float) -> list[list]:
+    """Admit, then wait for the outputs until the time limit passes (504) or the client goes
+    away (499); either way the jobs' remaining steps are dropped by the batcher."""
+    deadline = time.monotonic() + limit
     if not state.ready or state.batcher is None:
         raise ApiError(503, *_not_ready(state))
+    jobs = await _admit(state, jobs, request)
+    prediction = asyncio.ensure_future(state.batcher.predict_many(jobs, deadline))
+    watcher = asyncio.ensure_future(_client_gone(request))
     try:
-        return await state.batcher.predict_many(jobs)
+        await asyncio.wait((prediction, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if not prediction.done():
+            prediction.cancel()
+            with suppress(asyncio.CancelledError):
+                await prediction
+            request.state.cancelled = "client_disconnected"
+            raise ApiError(
+                499, "client_disconnected", "the client closed the connection; request cancelled"
+            )
+        return prediction.result()
     except Overloaded as err:
         raise ApiError(
             429, "overloaded", str(err), headers={"Retry-After": str(err.retry_after)}
         ) from None
     except NotAccepting:
         raise ApiError(503, "shutting_down", "the server is shutting down") from None
+    except DeadlineExceeded:
+        request.state.cancelled = "deadline_exceeded"
+        raise ApiError(
+            504,
+            "deadline_exceeded",
+            f"the request did not finish within its time limit of {limit:g} s and was cancelled "
+            f"(server limit REQUEST_TIMEOUT_SECONDS={state.settings.request_timeout_seconds:g}; "
+            "a client may ask for less with X-Request-Timeout)",
+        ) from None
     except TooComplex as err:
         raise ApiError(422, "too_complex", str(err)) from None
     except (SchemaError, InputError) as err:
         raise ApiError(422, "invalid_request", str(err)) from None
+    finally:
+        watcher.cancel()
+        request.state.cost_tokens = sum(j.usage.tokens for j in jobs)
+        request.state.cost_rows = sum(j.usage.rows for j in jobs)
 
 
 # ------------------------------------------------------------------------------------ serving
@@ -371,6 +498,7 @@ def serve(settings: Settings | None = None) -> int:
             print(f"uninlu: invalid setting: {err}", file=sys.stderr)
             return 2
     configure_logging(settings)
+    apply_thread_settings(settings)
     if not settings.model_path:
         log.error("MODEL_PATH is not set: point it at a checkpoint directory")
         return 2

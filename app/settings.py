@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app import shutdown
+from app.pipeline import MAX_PROMPT_ROWS, MAX_REQUEST_COST, SLICE_TOKENS
+
+SCHEDULERS = ("round_robin", "least_attained", "shortest_remaining", "legacy")
 
 _POSITIVE = (
     "port",
@@ -25,6 +28,8 @@ _POSITIVE = (
     "max_batch_tokens",
     "max_batch_requests",
     "max_queue",
+    "max_request_cost",
+    "slice_tokens",
 )
 
 
@@ -52,6 +57,21 @@ class Settings:
     torch_threads: int | None = _setting(
         None, "TORCH_THREADS", "intra-op threads for torch; unset = torch's default (all cores)"
     )
+    omp_wait_policy: str = _setting(
+        "PASSIVE",
+        "OMP_WAIT_POLICY",
+        "ACTIVE | PASSIVE: how torch's OpenMP threads (GNU libgomp) wait between parallel regions; "
+        "PASSIVE sleeps instead of spinning, so two threads do not collapse when another process "
+        "holds one of the cores (measured under a CPU hog: 2.8 s per call against 12.4 s "
+        "spinning); applied before torch loads",
+    )
+    intra_op_spinning: bool = _setting(
+        False,
+        "INTRA_OP_SPINNING",
+        "ONNX Runtime intra-op threads spin while waiting for work "
+        "(session.intra_op.allow_spinning); off: idle threads sleep, which keeps a busy or "
+        "CPU-limited node from stealing the core the other thread waits for",
+    )
     backend: str = _setting(
         "torch",
         "BACKEND",
@@ -74,10 +94,36 @@ class Settings:
         32, "MAX_BATCH_ITEMS", "most items in one POST /predict/batch; more -> 413"
     )
     max_prompt_rows: int = _setting(
-        4096,
+        MAX_PROMPT_ROWS,
         "MAX_PROMPT_ROWS",
         "most prompt rows one request may run (types x text windows x spans found one level up); "
         "a nested schema over a text with many spans can explode, more -> 422 too_complex",
+    )
+    max_request_cost: int = _setting(
+        MAX_REQUEST_COST,
+        "MAX_REQUEST_COST",
+        "most model tokens one prediction may cost (text windows x prompt rows, estimated from the "
+        "text and the schema's first level at admission, enforced again before each nested "
+        "level); more -> 422 too_complex. Default: what one pod computes in about 52 s "
+        "(full-size int8, 2 cores), under REQUEST_TIMEOUT_SECONDS",
+    )
+    request_timeout_seconds: float = _setting(
+        60.0,
+        "REQUEST_TIMEOUT_SECONDS",
+        "longest a prediction may take, queueing included; then a 504 and its remaining model "
+        "steps are dropped. A client may ask for less with the X-Request-Timeout header",
+    )
+    slice_tokens: int = _setting(
+        SLICE_TOKENS,
+        "SLICE_TOKENS",
+        "most model tokens of one request per scheduling round: a short request behind a long "
+        "one waits about one such slice (smaller: fairer, more backend calls)",
+    )
+    scheduler: str = _setting(
+        "least_attained",
+        "SCHEDULER",
+        "least_attained | round_robin | shortest_remaining | legacy (no slicing: a request's "
+        "whole step per round, the scheduler before issue 15, for comparison)",
     )
     max_batch_tokens: int = _setting(
         8192,
@@ -121,6 +167,12 @@ class Settings:
         for name in _POSITIVE:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env(name)} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.request_timeout_seconds < float("inf"):
+            raise SettingsError("REQUEST_TIMEOUT_SECONDS must be a positive number of seconds")
+        if self.scheduler not in SCHEDULERS:
+            raise SettingsError(
+                f"SCHEDULER must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}"
+            )
         for name in ("batch_wait_ms", "graceful_shutdown_seconds", "drain_delay_seconds"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_env(name)} must not be negative")
@@ -137,6 +189,10 @@ class Settings:
         if self.backend not in ("torch", "torch-int8", "onnx", "onnx-int8"):
             raise SettingsError(
                 f"BACKEND must be torch, torch-int8, onnx or onnx-int8, got {self.backend!r}"
+            )
+        if self.omp_wait_policy not in ("ACTIVE", "PASSIVE"):
+            raise SettingsError(
+                f"OMP_WAIT_POLICY must be ACTIVE or PASSIVE, got {self.omp_wait_policy!r}"
             )
         if self.device not in ("auto", "cpu", "cuda"):
             raise SettingsError(f"DEVICE must be auto, cpu or cuda, got {self.device!r}")

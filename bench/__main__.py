@@ -19,8 +19,9 @@ from pathlib import Path
 
 import httpx
 
-from bench import agreement, flops, kernels, loadgen, mix, report, stats
-from bench.server import ServerProcess
+from bench import agreement, flops, kernels, loadgen, mix, peer, report, stats
+from bench.contention import CpuHog
+from bench.server import ServerProcess, padded_share
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / ".models" / "base"
@@ -34,6 +35,7 @@ class Config:
     env: dict[str, str]
     rates: list[float]
     onnx: bool = False
+    peer: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -74,6 +76,16 @@ def configurations(threads: int) -> list[Config]:
             True,
         ),
     ]
+
+
+PEER = Config(
+    "peer",
+    "the ModelScope siamese-uie pipeline served the seed's way (FastAPI, 2 uvicorn workers, one "
+    "pipeline each; own venv .venv-peer)",
+    {},
+    [1, 2, 3, 4, 5, 6],
+    peer=True,
+)
 
 
 def machine_info(threads: int) -> dict:
@@ -140,6 +152,59 @@ def probe_outputs(base_url: str, examples: list[dict]) -> dict[str, list]:
     return outputs
 
 
+def contended_rates(rates: list[float]) -> list[float]:
+    """With a core taken, a configuration serves about half its rate: the ladder's halves too."""
+    return sorted({r / 2 for r in rates} | set(rates))
+
+
+def run_ladder(server, rates, args, bodies, body_flops, peak, min_rate) -> dict:
+    """Rising open-loop rates until p95 breaks the SLO (at or above `min_rate`): the steps, the
+    best step within the SLO and the padded-token share of all steps together."""
+    steps = []
+    first = server.counters()
+    for rate in rates:
+        if args.max_rate and rate > args.max_rate:
+            break
+        before = server.counters()
+        samples = loadgen.run_open_loop(
+            server.base_url,
+            bodies,
+            rate,
+            args.step_seconds,
+            seed=int(rate * 1000),
+            timeout=args.timeout,
+        )
+        after = server.counters()
+        step = stats.summarise(samples, rate, args.step_seconds)
+        calls = after["batch"][1] - before["batch"][1]
+        step["model_calls"] = calls
+        rows = after["batch"][0] - before["batch"][0]
+        step["mean_batch_size"] = rows / calls if calls else None
+        step["padded_share"] = padded_share(before, after).get("all")
+        done = sum(body_flops[s.body_index] for s in samples if s.status == 200)
+        step["model_gflops"] = done / step["window_s"] / 1e9
+        step["flop_utilisation_pct"] = 100 * step["model_gflops"] / peak
+        steps.append(step)
+        print(
+            f"   {rate:>5g} r/s offered: {step['throughput_rps']:.2f} r/s, p50 "
+            f"{step['p50_s']:.3f} s, p95 {step['p95_s']:.3f} s, errors {step['errors']}, "
+            f"batch {step['mean_batch_size'] or 0:.1f}",
+            flush=True,
+        )
+        if not stats.meets_slo(step, args.slo) and rate >= min_rate:
+            break
+    return {
+        "steps": steps,
+        "max_under_slo": stats.max_rate_under_slo(steps, args.slo),
+        "padded_share": padded_share(first, server.counters()),
+    }
+
+
+def server_command(config: Config) -> list[str] | None:
+    """The peer runs its own server in its own venv; every other configuration `python -m app`."""
+    return peer.command(peer.ensure_venv()) if config.peer else None
+
+
 def run_config(config: Config, args, bodies, body_flops, examples, peak, log_dir) -> dict:
     # A short grace period: after an overloaded step nobody waits for the backlog.
     env = {
@@ -148,56 +213,44 @@ def run_config(config: Config, args, bodies, body_flops, examples, peak, log_dir
         "GRACEFUL_SHUTDOWN_SECONDS": "2",
         **config.env,
     }
+    command = server_command(config)
     print(f"\n== {config.name}: {config.description}", flush=True)
     # ONNX configurations run as the lean image does: torch cannot be imported.
-    with ServerProcess(env, log_dir / f"{config.name}.log", without_torch=config.onnx) as server:
+    log_path = log_dir / f"{config.name}.log"
+    with ServerProcess(env, log_path, without_torch=config.onnx, command=command) as server:
         print(f"   ready after {server.ready_s:.1f} s", flush=True)
         outputs = probe_outputs(server.base_url, examples)
-        steps = []
-        for rate in config.rates:
-            if args.max_rate and rate > args.max_rate:
-                break
-            before = server.batch_counts()
-            samples = loadgen.run_open_loop(
-                server.base_url,
-                bodies,
-                rate,
-                args.step_seconds,
-                seed=int(rate * 1000),
-                timeout=args.timeout,
-            )
-            after = server.batch_counts()
-            step = stats.summarise(samples, rate, args.step_seconds)
-            calls = after[1] - before[1]
-            step["model_calls"] = calls
-            step["mean_batch_size"] = (after[0] - before[0]) / calls if calls else None
-            done = sum(body_flops[s.body_index] for s in samples if s.status == 200)
-            step["model_gflops"] = done / step["window_s"] / 1e9
-            step["flop_utilisation_pct"] = 100 * step["model_gflops"] / peak
-            steps.append(step)
-            print(
-                f"   {rate:>5g} r/s offered: {step['throughput_rps']:.2f} r/s, p50 "
-                f"{step['p50_s']:.3f} s, p95 {step['p95_s']:.3f} s, errors {step['errors']}, "
-                f"batch {step['mean_batch_size'] or 0:.1f}",
-                flush=True,
-            )
-            if not stats.meets_slo(step, args.slo) and rate >= args.common_rate:
-                break
+        quiet = run_ladder(server, config.rates, args, bodies, body_flops, peak, args.common_rate)
+        contended = None
+        if args.contention:
+            with CpuHog() as hog:
+                print(f"   -- again with a CPU hog on core {hog.core}", flush=True)
+                rates = contended_rates(config.rates)
+                contended = run_ladder(server, rates, args, bodies, body_flops, peak, 0)
+                contended["hog_core"] = hog.core
+                contended["hog_ran_throughout"] = hog.running()
         rss = server.peak_rss()
-    return {
+    result = {
         "name": config.name,
         "description": config.description,
         "env": config.env,
         "ready_s": server.ready_s,
         "loadavg_at_end": os.getloadavg(),
         "peak_rss_bytes": rss,
-        "steps": steps,
-        "max_under_slo": stats.max_rate_under_slo(steps, args.slo),
+        **quiet,
         "server_errors_5xx": sum(
-            n for s in steps for kind, n in s["errors_by_kind"].items() if kind.startswith("5")
+            n
+            for s in quiet["steps"]
+            for kind, n in s["errors_by_kind"].items()
+            if kind.startswith("5")
         ),
+        "already_borrowed": sum(s.get("already_borrowed", 0) for s in quiet["steps"]),
         "outputs": outputs,
     }
+    if contended is not None:
+        result["contended"] = contended
+        result["retained_share"] = stats.retained_share(quiet, contended)
+    return result
 
 
 def parse_args(argv):
@@ -213,6 +266,16 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--timeout", type=float, default=15.0, help="client timeout per request (s)")
     p.add_argument(
+        "--contention",
+        action="store_true",
+        help="run each configuration again with a CPU hog pinned to one core",
+    )
+    p.add_argument(
+        "--peer",
+        action="store_true",
+        help="add the ModelScope peer (builds .venv-peer on first use)",
+    )
+    p.add_argument(
         "--kernel-sweep",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -224,6 +287,8 @@ def parse_args(argv):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configs = configurations(args.threads)
+    if args.peer or "peer" in args.configs.split(","):
+        configs.append(PEER)
     if args.configs:
         wanted = args.configs.split(",")
         unknown = set(wanted) - {c.name for c in configs}
@@ -245,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "slo_p95_s": args.slo,
         "common_rate": args.common_rate,
         "step_seconds": args.step_seconds,
+        "contention": args.contention,
         "mix_size": len(bodies),
         "flops_per_request_gflop": sum(body_flops) / len(body_flops) / 1e9,
         "flops_per_body_gflop": [f / 1e9 for f in body_flops],
@@ -252,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.kernel_sweep:
         print("backend kernels by rows per call and threads ...", flush=True)
-        kinds = list(dict.fromkeys(c.env["BACKEND"] for c in configs)) or ["torch"]
+        kinds = list(dict.fromkeys(c.env["BACKEND"] for c in configs if not c.peer)) or ["torch"]
         threads = sorted({1, args.threads})
         results["kernels"] = kernels.sweep(
             str(args.model), kinds, rows_list=(1, 8), threads_list=threads
@@ -263,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_config(
             config, args, bodies, body_flops, examples, machine["matmul_peak_gflops"], log_dir
         )
-        if reference is None and config.env["BACKEND"] == "torch":
+        if reference is None and config.env.get("BACKEND") == "torch":
             reference = result["outputs"]
             result["agreement"] = {"summary": "reference"}
         elif reference is not None:

@@ -40,7 +40,9 @@ async def _one(client: httpx.AsyncClient, path: str, body: dict, pick: int, t0: 
     start = time.perf_counter()
     try:
         response = await client.post(path, json=body)
-        status, error = response.status_code, ""
+        # A server error's body says why (the peer's "Already borrowed" is counted from it).
+        status = response.status_code
+        error = response.text[:200] if status >= 500 else ""
     except httpx.TimeoutException:
         status, error = 0, "timeout"
     except httpx.HTTPError as exc:

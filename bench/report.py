@@ -19,15 +19,16 @@ def _num(value: float | None, fmt: str = ".1f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def steps_table(results: dict) -> str:
-    """One row per (configuration, offered rate)."""
+def steps_table(results: dict, contended: bool = False) -> str:
+    """One row per (configuration, offered rate); the contended ladders with `contended`."""
     lines = [
         "| config | offered r/s | arrivals r/s | throughput r/s | p50 ms | p95 ms | p99 ms | "
         "errors | mean batch | model GFLOP/s | % of matmul peak |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for config in results["configs"]:
-        for step in config["steps"]:
+        ladder = config.get("contended", {}) if contended else config
+        for step in ladder.get("steps", []):
             errors = str(step["errors"])
             if step["errors_by_kind"]:
                 errors += (
@@ -67,6 +68,82 @@ def summary_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.0f} %"
+
+
+def _best(ladder: dict) -> str:
+    best = ladder.get("max_under_slo")
+    return _num(best["throughput_rps"], ".2f") if best else "none"
+
+
+def _at(ladder: dict, rate: float | None) -> dict | None:
+    return next((s for s in ladder.get("steps", []) if s["offered_rps"] == rate), None)
+
+
+def padding_table(results: dict) -> str:
+    """Share of padded tokens in the backend calls of all load steps, per stage (from the
+    server's uninlu_backend_tokens_total deltas)."""
+    lines = [
+        "| config | padded share, encode | padded share, score | padded share, all |",
+        "|---|---|---|---|",
+    ]
+    for config in results["configs"]:
+        share = config.get("padded_share") or {}
+        lines.append(
+            f"| {config['name']} | {_pct(share.get('encode'))} | {_pct(share.get('score'))} | "
+            f"{_pct(share.get('all'))} |"
+        )
+    return "\n".join(lines)
+
+
+def contention_table(results: dict) -> str:
+    """Quiet against one core taken by a CPU hog: rate within the SLO and the retained share."""
+    slo = results["slo_p95_s"]
+    lines = [
+        f"| config | quiet r/s within p95 <= {slo:g} s | with a core taken r/s | retained | "
+        "errors with a core taken |",
+        "|---|---|---|---|---|",
+    ]
+    for config in results["configs"]:
+        contended = config.get("contended")
+        if contended is None:
+            continue
+        errors = sum(s["errors"] for s in contended["steps"])
+        lines.append(
+            f"| {config['name']} | {_best(config)} | {_best(contended)} | "
+            f"{_pct(config.get('retained_share'))} | {errors} |"
+        )
+    return "\n".join(lines)
+
+
+def peer_table(results: dict) -> str:
+    """Every configuration next to the ModelScope peer: rate within the SLO, p95 and errors at
+    the common rate (the peer's 500 "Already borrowed" counted apart)."""
+    common = results.get("common_rate")
+    peer = next((c for c in results["configs"] if c["name"] == "peer"), None)
+    peer_best = (peer or {}).get("max_under_slo")
+    lines = [
+        f"| config | r/s within SLO | x peer | p95 ms at {_num(common, 'g')} r/s | "
+        f"errors at {_num(common, 'g')} r/s | of them 500 Already borrowed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for config in results["configs"]:
+        best = config.get("max_under_slo")
+        ratio = (
+            f"{best['throughput_rps'] / peer_best['throughput_rps']:.1f}"
+            if best and peer_best
+            else "-"
+        )
+        step = _at(config, common)
+        lines.append(
+            f"| {config['name']} | {_best(config)} | {ratio} | "
+            f"{_ms(step['p95_s']) if step else '-'} | {step['errors'] if step else '-'} | "
+            f"{step.get('already_borrowed', 0) if step else '-'} |"
+        )
+    return "\n".join(lines)
+
+
 def kernels_table(results: dict) -> str:
     peak = results["machine"]["matmul_peak_gflops"]
     lines = [
@@ -99,11 +176,25 @@ def markdown(results: dict) -> str:
         "",
         summary_table(results),
         "",
-        "## Every step",
+        "## Padded tokens in backend calls under load",
         "",
-        steps_table(results),
+        padding_table(results),
         "",
     ]
+    if any(c["name"] == "peer" for c in results["configs"]):
+        head += ["## Against the ModelScope peer (seed-style server)", "", peer_table(results), ""]
+    if any("contended" in c for c in results["configs"]):
+        head += [
+            "## One of the cores taken by a CPU hog",
+            "",
+            contention_table(results),
+            "",
+            "With a core taken:",
+            "",
+            steps_table(results, contended=True),
+            "",
+        ]
+    head += ["## Every step", "", steps_table(results), ""]
     if results.get("kernels"):
         head += [
             "## Backends by rows per call and threads (encode + score of 64-token texts with "

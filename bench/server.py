@@ -17,6 +17,8 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 BATCH_SIZE_METRIC = "uninlu_batch_size"
+# Tokens in backend calls by stage (encode | score) and kind (real | padded), from app/batching.py.
+TOKENS_METRIC = "uninlu_backend_tokens_total"
 # `python -m app` with torch made unimportable: what the lean ONNX image runs. Without this, the
 # installed torch is imported anyway (transformers loads it when present) and inflates the RSS.
 WITHOUT_TORCH = (
@@ -66,15 +68,19 @@ class ServerProcess:
         log_path: Path,
         ready_timeout: float = 300.0,
         without_torch: bool = False,
+        command: list[str] | None = None,
     ):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env, "PORT": str(self.port), "HOST": "127.0.0.1"}
         self.log_path = log_path
         self.ready_timeout = ready_timeout
-        self.command = [sys.executable] + (
-            ["-c", WITHOUT_TORCH] if without_torch else ["-m", "app"]
-        )
+        if command:  # another server (the peer): {host} and {port} are filled in
+            self.command = [c.format(host="127.0.0.1", port=self.port) for c in command]
+        else:
+            self.command = [sys.executable] + (
+                ["-c", WITHOUT_TORCH] if without_torch else ["-m", "app"]
+            )
         self.proc: subprocess.Popen | None = None
         self.sampler: RssSampler | None = None
         self.ready_s: float | None = None
@@ -112,23 +118,14 @@ class ServerProcess:
     def peak_rss(self) -> int:
         return self.sampler.peak if self.sampler else 0
 
-    def batch_counts(self) -> tuple[float, float]:
-        """(sum, count) of the batch-size histogram: deltas between two scrapes give the mean batch
-        size of a load step. (0, 0) when the server does not export it."""
+    def counters(self) -> dict:
+        """The bench's counters from one /metrics scrape (parse_counters); empty figures when
+        the server exports none (the peer has no /metrics)."""
         try:
-            text = httpx.get(self.base_url + "/metrics", timeout=10).text
+            response = httpx.get(self.base_url + "/metrics", timeout=10)
         except httpx.HTTPError:
-            return 0.0, 0.0
-        total = count = 0.0
-        for family in text_string_to_metric_families(text):
-            if family.name != BATCH_SIZE_METRIC:
-                continue
-            for sample in family.samples:
-                if sample.name == BATCH_SIZE_METRIC + "_sum":
-                    total += sample.value
-                elif sample.name == BATCH_SIZE_METRIC + "_count":
-                    count += sample.value
-        return total, count
+            return parse_counters("")
+        return parse_counters(response.text if response.status_code == 200 else "")
 
     def __exit__(self, *exc) -> None:
         if self.proc and self.proc.poll() is None:
@@ -141,3 +138,33 @@ class ServerProcess:
         if self.sampler:
             self.sampler.stop()
         self._log.close()
+
+
+def parse_counters(text: str) -> dict:
+    """From Prometheus text: `batch` = (sum, count) of the batch-size histogram, whose deltas
+    give a step's mean batch size, and `tokens` = {(stage, kind): count} of backend tokens, whose
+    deltas give the padded share."""
+    total = count = 0.0
+    tokens: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == BATCH_SIZE_METRIC + "_sum":
+                total += sample.value
+            elif sample.name == BATCH_SIZE_METRIC + "_count":
+                count += sample.value
+            elif sample.name == TOKENS_METRIC:
+                key = (sample.labels.get("stage", ""), sample.labels.get("kind", ""))
+                tokens[key] = tokens.get(key, 0.0) + sample.value
+    return {"batch": (total, count), "tokens": tokens}
+
+
+def padded_share(before: dict, after: dict) -> dict[str, float | None]:
+    """Share of padded tokens in backend calls between two scrapes, per stage and overall
+    (`all`); None where no token was counted (or the server does not export the counter)."""
+    delta = {k: v - before["tokens"].get(k, 0.0) for k, v in after["tokens"].items()}
+    shares: dict[str, float | None] = {}
+    for stage in sorted({s for s, _ in delta} | {"all"}):
+        padded = sum(v for (s, k), v in delta.items() if k == "padded" and stage in (s, "all"))
+        real = sum(v for (s, k), v in delta.items() if k == "real" and stage in (s, "all"))
+        shares[stage] = padded / (padded + real) if padded + real > 0 else None
+    return shares

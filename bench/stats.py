@@ -33,6 +33,8 @@ def summarise(samples: list[Sample], offered_rate: float, duration: float) -> di
     latencies = [s.latency for s in samples]
     errors = Counter(str(s.status) if s.status else (s.error or "no response") for s in samples)
     errors.pop("200", None)
+    # The seed-style peer's tokenizer race: 500 answers carrying "Already borrowed".
+    borrowed = sum(1 for s in samples if s.status >= 500 and "Already borrowed" in s.error)
     return {
         "offered_rps": offered_rate,
         "sent": len(samples),
@@ -40,6 +42,7 @@ def summarise(samples: list[Sample], offered_rate: float, duration: float) -> di
         "ok": len(ok),
         "errors": sum(errors.values()),
         "errors_by_kind": dict(errors),
+        "already_borrowed": borrowed,
         "window_s": span,
         "throughput_rps": len(ok) / span if span > 0 else 0.0,
         "p50_s": percentile(latencies, 50),
@@ -58,3 +61,12 @@ def max_rate_under_slo(steps: list[dict], slo_p95_s: float) -> dict | None:
     """The step with the highest throughput among those that meet the SLO (None if none does)."""
     good = [s for s in steps if meets_slo(s, slo_p95_s)]
     return max(good, key=lambda s: s["throughput_rps"]) if good else None
+
+
+def retained_share(quiet: dict, contended: dict) -> float | None:
+    """Rate within the SLO with a core taken, as a share of the quiet rate (None without a
+    quiet rate within the SLO); 0 when nothing met the SLO under contention."""
+    if not quiet.get("max_under_slo"):
+        return None
+    best = contended.get("max_under_slo")
+    return best["throughput_rps"] / quiet["max_under_slo"]["throughput_rps"] if best else 0.0

@@ -198,6 +198,8 @@ class Server(_Model):
 
     device: Literal["auto", "cpu", "cuda"] | None = None
     torch_threads: int | None = Field(None, ge=1)
+    omp_wait_policy: Literal["ACTIVE", "PASSIVE"] | None = None
+    intra_op_spinning: bool | None = None
     max_text_chars: int | None = Field(None, ge=1)
     max_batch_tokens: int | None = Field(None, ge=1)
     batch_wait_ms: int | None = Field(None, ge=0)
@@ -205,6 +207,7 @@ class Server(_Model):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
     log_format: Literal["json", "text"] | None = None
     graceful_shutdown_seconds: int | None = Field(None, ge=0)
+    request_timeout_seconds: float | None = Field(None, gt=0, le=3600)
 
 
 class Alerts(_Model):

@@ -5,11 +5,13 @@ admission is bounded, and one request's failure stays its own."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
 
 from app.backend import load_backend
-from app.batching import Batcher, Job, NotAccepting, Overloaded
+from app.batching import Batcher, DeadlineExceeded, Job, NotAccepting, Overloaded
 from app.errors import InputError, TooComplex
 from app.metrics import Metrics
 from app.pipeline import EncodeText, Extraction, parse_schema, run_steps
@@ -31,14 +33,25 @@ SCHEMAS = [
 class RecordingBackend:
     """The real backend; remembers each call's kind, row count and padded token count."""
 
-    def __init__(self, inner, fail_on: str | None = None):
+    def __init__(self, inner, fail_on: str | None = None, gate_at: int | None = None):
         self.inner = inner
         self.name = inner.name
         self.calls: list[tuple[str, int, int]] = []
         self.fail_on = fail_on
+        # gate_at=k: call k (0-based) signals `entered` and waits for `release` (a test hook to
+        # act while the worker is inside a backend call, without timing).
+        self.gate_at = gate_at
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def _gate(self):
+        if self.gate_at is not None and len(self.calls) - 1 == self.gate_at:
+            self.entered.set()
+            self.release.wait(60)
 
     def encode(self, windows):
         self.calls.append(("encode", len(windows), len(windows) * max(map(len, windows))))
+        self._gate()
         if self.fail_on == "encode":
             self.fail_on = None
             raise RuntimeError("simulated device failure")
@@ -47,6 +60,7 @@ class RecordingBackend:
     def score(self, rows):
         width = max(r.position_offset + len(r.prompt_ids) for r in rows)
         self.calls.append(("score", len(rows), len(rows) * width))
+        self._gate()
         return self.inner.score(rows)
 
 
@@ -57,7 +71,7 @@ def model(tiny_model_dir):
 
 def make(model, **kw) -> tuple[Batcher, RecordingBackend, Metrics]:
     backend, tokenizer = model
-    recorder = RecordingBackend(backend, kw.pop("fail_on", None))
+    recorder = RecordingBackend(backend, kw.pop("fail_on", None), kw.pop("gate_at", None))
     metrics = Metrics()
     options = {
         "max_batch_tokens": 8192,
@@ -255,3 +269,109 @@ def test_a_broken_step_fails_its_round_and_the_worker_survives(model):
         return await batcher.predict(good)
 
     assert asyncio.run(scenario()) == one_by_one(model, good)
+
+
+# ---------------------------------------------------------------------------------------------
+# fair scheduling, cancellation, deadlines (issue 15)
+
+HEAVY = Job(TEXTS[-1] * 2, parse_schema({f"类型{i}": None for i in range(10)}))
+SHORT = Job(TEXTS[0], parse_schema({"人物": None}))
+
+
+def counter(metrics: Metrics, name: str, **labels: str) -> float:
+    for family in metrics.registry.collect():
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    raise KeyError(name)
+
+
+async def short_behind_heavy(batcher: Batcher, recorder: RecordingBackend) -> list[str]:
+    """Send the heavy job, wait until the worker is inside its first backend call, then send the
+    short one; the order in which they finish."""
+    finished: list[str] = []
+
+    async def run(name: str, job: Job) -> list:
+        out = await batcher.predict(job)
+        finished.append(name)
+        return out
+
+    heavy = asyncio.ensure_future(run("heavy", HEAVY))
+    await asyncio.to_thread(recorder.entered.wait, 60)
+    short = asyncio.ensure_future(run("short", SHORT))
+    await asyncio.sleep(0)  # admitted before the worker leaves the call
+    recorder.release.set()
+    await asyncio.gather(heavy, short)
+    return finished
+
+
+@pytest.mark.parametrize("scheduler", ["round_robin", "least_attained", "shortest_remaining"])
+def test_a_short_request_behind_a_heavy_one_finishes_first(model, scheduler):
+    batcher, recorder, metrics = make(
+        model, slice_tokens=400, max_batch_tokens=4096, gate_at=0, scheduler=scheduler
+    )
+    assert asyncio.run(short_behind_heavy(batcher, recorder)) == ["short", "heavy"]
+    assert all(tokens <= 4096 or rows == 1 for _, rows, tokens in recorder.calls)
+    real = sum(
+        counter(metrics, "uninlu_backend_tokens_total", stage=s, kind="real")
+        for s in ("encode", "score")
+    )
+    padded = sum(
+        counter(metrics, "uninlu_backend_tokens_total", stage=s, kind="padded")
+        for s in ("encode", "score")
+    )
+    assert real + padded == sum(tokens for _, _, tokens in recorder.calls) and real > padded
+
+
+def test_the_legacy_scheduler_makes_the_short_request_wait_for_the_heavy_step(model):
+    """What issue 15 reported: without slices the heavy request's whole level runs first."""
+    batcher, recorder, _ = make(model, slice_tokens=400, gate_at=0, scheduler="legacy")
+    assert asyncio.run(short_behind_heavy(batcher, recorder)) == ["heavy", "short"]
+
+
+def test_sliced_results_equal_one_by_one(model):
+    work = [*jobs()[:6], HEAVY]
+    batcher, recorder, _ = make(model, slice_tokens=300, max_batch_tokens=2048)
+    assert asyncio.run(gather_each(batcher, work)) == [one_by_one(model, j) for j in work]
+    assert all(tokens <= 2048 or rows == 1 for _, rows, tokens in recorder.calls)
+
+
+def test_a_cancelled_heavy_request_reaches_the_backend_no_more(model):
+    """Cancelled while the worker is inside one of its calls: that call finishes, no other call
+    is made for it, its slot is freed, and the next request is served at once."""
+    batcher, recorder, _ = make(model, slice_tokens=400, gate_at=2)
+
+    async def scenario():
+        heavy = asyncio.ensure_future(batcher.predict(HEAVY))
+        await asyncio.to_thread(recorder.entered.wait, 60)
+        heavy.cancel()
+        await asyncio.sleep(0)
+        recorder.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await heavy
+        calls_at_cancel = len(recorder.calls)
+        short = await batcher.predict(SHORT)
+        return calls_at_cancel, short
+
+    calls_at_cancel, short = asyncio.run(scenario())
+    assert calls_at_cancel == 3  # the heavy one alone would need 1 + 30 (rows, one per call)
+    assert short == one_by_one(model, SHORT)
+    assert [kind for kind, _, _ in recorder.calls[calls_at_cancel:]] == ["encode", "score"]
+    assert batcher.admitted == 0
+
+
+def test_a_passed_deadline_drops_the_remaining_steps(model):
+    """The deadline passes while the worker is held inside the heavy request's first call (or
+    before it got there): at most that call runs for it, and the slot is freed."""
+    batcher, recorder, _ = make(model, slice_tokens=400, gate_at=0)
+
+    async def scenario():
+        started = asyncio.ensure_future(batcher.predict(HEAVY, deadline=time.monotonic() + 0.05))
+        with pytest.raises(DeadlineExceeded):
+            await started
+        recorder.release.set()
+        return await batcher.predict(SHORT)
+
+    assert asyncio.run(scenario()) == one_by_one(model, SHORT)
+    assert len(recorder.calls) - 2 <= 1  # short: encode + score; heavy: its gated encode at most
+    assert batcher.admitted == 0

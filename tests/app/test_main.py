@@ -52,3 +52,29 @@ def test_bad_model_path_is_a_clear_error(tmp_path):
     assert done.returncode == 2
     assert "missing file config.json" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_predict_applies_the_server_limits_unless_lifted(tiny_model_dir):
+    """Same environment settings as the server: over MAX_REQUEST_COST is refused; --no-limits
+    runs it anyway (sliced, so memory stays bounded)."""
+    import os
+
+    long_text = TEXT * 20
+    args = ["--model-path", str(tiny_model_dir), "--text", long_text, "--schema",
+            json.dumps(SCHEMA, ensure_ascii=False), "--threads", "1"]  # fmt: skip
+    env = {**os.environ, "MAX_REQUEST_COST": "500", "SLICE_TOKENS": "300"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "app", "predict", *args],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "above the limit MAX_REQUEST_COST=500" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    lifted = subprocess.run(
+        [sys.executable, "-m", "app", "predict", *args, "--no-limits"],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
+    assert lifted.returncode == 0, lifted.stderr
+    backend, tokenizer = load_backend(tiny_model_dir, device="cpu")
+    expected = predict(backend, tokenizer, long_text, SCHEMA, max_cost=None)
+    assert json.loads(lifted.stdout) == {"output": expected}

@@ -172,3 +172,11 @@ def test_server_serves_with_backend_onnx_int8(start_server, onnx_model_dir, exam
     assert response.status_code == 200
     assert isinstance(response.json()["output"], list)
     assert 'backend="onnx-int8"' in httpx.get(server.url + "/metrics", timeout=10).text
+
+
+@pytest.mark.parametrize(("spinning", "entry"), [(False, "0"), (True, "1")])
+def test_intra_op_spinning_reaches_both_sessions(onnx_model_dir, spinning, entry):
+    backend, _ = load_onnx_backend(onnx_model_dir, threads=1, spinning=spinning)
+    for session in (backend.encoder, backend.cross_session):
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry

@@ -137,7 +137,9 @@ def test_prompt_strings_for_relation_and_event_chains():
 def test_nested_levels_send_the_prompts_of_the_extracted_chains(backend, tokenizer, task):
     example = BY_TASK[task]
     recorder = Recorder(backend)
-    chains = predict(recorder, tokenizer, example["text"], example["schema"], True)
+    chains = predict(
+        recorder, tokenizer, example["text"], example["schema"], True, slice_tokens=None
+    )
     level1 = [c for c in chains if len(c) == 1]
     assert level1, "the tiny checkpoint should extract something at the first level"
     (root_type, children), *_ = example["schema"].items()
@@ -146,7 +148,7 @@ def test_nested_levels_send_the_prompts_of_the_extracted_chains(backend, tokeniz
     ]
     assert expected[0].startswith(f"{root_type}: {level1[0][0]['span']}, ")
     expected_ids = tokenizer(expected, truncation=True, max_length=128)["input_ids"]
-    assert len(recorder.rows) == 2  # one batched step per level
+    assert len(recorder.rows) == 2  # one step per level (unsliced: one call each)
     assert [r.prompt_ids for r in recorder.rows[1]] == expected_ids
     assert [r.prompt_ids for r in recorder.rows[0]] == tokenizer([f"{root_type}: "])["input_ids"]
 
@@ -296,7 +298,7 @@ def _direct_spans(backend, tokenizer, text, node):
 def test_long_text_is_windowed_and_overlaps_are_averaged(backend, tokenizer):
     assert len(LONG) >= 1200
     recorder = Recorder(backend)
-    output = predict(recorder, tokenizer, LONG, {"车站": None})
+    output = predict(recorder, tokenizer, LONG, {"车站": None}, slice_tokens=None)
     n_tokens = len(tokenize_text(tokenizer, LONG).ids)
     (windows,) = recorder.windows
     assert len(windows) == len(window_starts(n_tokens)) >= 3
@@ -382,7 +384,7 @@ def test_level_batched_walk_equals_depth_first_recursion(
 def test_one_prompt_step_per_level_with_every_chain(backend, tokenizer):
     example = BY_TASK["relation_extraction"]
     recorder = Recorder(backend)
-    output = predict(recorder, tokenizer, example["text"], example["schema"])
+    output = predict(recorder, tokenizer, example["text"], example["schema"], slice_tokens=None)
     n_windows = len(recorder.windows[0])
     assert len(recorder.windows) == 1  # the text is encoded once for all levels
     assert len(recorder.rows) == 2
@@ -460,3 +462,83 @@ def test_prompt_row_budget_is_checked_before_a_level_is_built(loaded):
     assert isinstance(encode, EncodeText)
     with pytest.raises(TooComplex, match="more than 40 prompt rows"):
         steps.send(backend.encode(encode.windows))
+
+
+# ---------------------------------------------------------------------------------------------
+# the synchronous driver: slicing and limits (issue 15)
+
+
+class CallSizes:
+    """Wraps a backend and records rows and padded tokens of every call."""
+
+    def __init__(self, inner):
+        self.inner, self.name = inner, inner.name
+        self.calls: list[tuple[str, int, int]] = []
+
+    def encode(self, windows):
+        self.calls.append(("encode", len(windows), len(windows) * max(map(len, windows))))
+        return self.inner.encode(windows)
+
+    def score(self, rows):
+        width = max(r.position_offset + len(r.prompt_ids) for r in rows)
+        self.calls.append(("score", len(rows), len(rows) * width))
+        return self.inner.score(rows)
+
+
+THREE_LEVELS = {"站": {"路": {"省": None}}, "铁路": {"车站": None}}
+
+
+def test_a_three_level_schema_over_a_long_text_stays_within_the_slice_per_call(backend, tokenizer):
+    """Unsliced, a level's rows go out in one call (what peaked at gigabytes); sliced, no call
+    holds more than the budget, whatever the level's size, and the output is the same."""
+    text = LONG[:700]
+    unsliced = CallSizes(backend)
+    want = predict(
+        unsliced,
+        tokenizer,
+        text,
+        THREE_LEVELS,
+        True,
+        slice_tokens=None,
+        max_prompt_rows=None,
+        max_cost=None,
+    )
+    assert max(tokens for kind, _, tokens in unsliced.calls if kind == "score") > 4 * 1024
+    sliced = CallSizes(backend)
+    got = predict(
+        sliced,
+        tokenizer,
+        text,
+        THREE_LEVELS,
+        True,
+        slice_tokens=1024,
+        max_prompt_rows=None,
+        max_cost=None,
+    )
+    assert got == want and any(len(chain) == 3 for chain in got)
+    assert all(tokens <= 1024 for _, _, tokens in sliced.calls), sliced.calls
+    assert sum(rows for k, rows, _ in sliced.calls if k == "score") == sum(
+        rows for k, rows, _ in unsliced.calls if k == "score"
+    )
+
+
+def test_the_driver_applies_the_cost_budget_unless_lifted(backend, tokenizer):
+    schema = {f"类型{i}": None for i in range(10)}
+    with pytest.raises(TooComplex, match=r"above the limit MAX_REQUEST_COST=2000"):
+        predict(backend, tokenizer, LONG, schema, max_cost=2000)
+    recorder = CallSizes(backend)
+    assert predict(recorder, tokenizer, LONG, schema, max_cost=None) == predict(
+        backend, tokenizer, LONG, schema, slice_tokens=None, max_cost=None
+    )
+    assert recorder.calls
+
+
+def test_a_nested_level_over_the_budget_is_stopped_before_its_rows_run(backend, tokenizer):
+    """The first level fits; the second would pass the budget: no row of it is executed."""
+    extraction = Extraction(tokenizer, LONG[:300], THREE_LEVELS, max_cost=3000)
+    recorder = CallSizes(backend)
+    with pytest.raises(TooComplex, match="would reach"):
+        run_steps(recorder, extraction)
+    assert extraction.planned.tokens <= 3000
+    scored = sum(rows for k, rows, _ in recorder.calls if k == "score")
+    assert scored == extraction.planned.rows == len(THREE_LEVELS)

@@ -41,6 +41,8 @@ def test_from_env_parses_types_and_ignores_blanks():
         ({"LOG_REQUEST_TEXT": "perhaps"}, "LOG_REQUEST_TEXT"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"DEVICE": "tpu"}, "DEVICE"),
+        ({"OMP_WAIT_POLICY": "spin"}, "OMP_WAIT_POLICY"),
+        ({"INTRA_OP_SPINNING": "sometimes"}, "INTRA_OP_SPINNING"),
         ({"MAX_BATCH_ITEMS": "10", "MAX_QUEUE": "5"}, "MAX_BATCH_ITEMS"),
     ],
 )
@@ -119,3 +121,16 @@ def test_a_queue_of_one_still_warms_up_and_serves(start_server):
         server.url + "/predict", json={"text": "小王在北京。", "schema": {"人物": None}}
     )
     assert response.status_code == 200 and "output" in response.json()
+
+
+def test_server_hands_the_wait_policy_to_openmp(start_server, monkeypatch):
+    """libgomp reads OMP_WAIT_POLICY once, when torch loads: the server sets it from its settings
+    before the model import. OMP_DISPLAY_ENV makes libgomp print what it applied (PASSIVE: no
+    spinning, GOMP_SPINCOUNT 0; left unset, libgomp spins 300000 rounds)."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    server = start_server(OMP_DISPLAY_ENV="VERBOSE")
+    logs = server.logs()
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in logs and "GOMP_SPINCOUNT = '0'" in logs
+    logged = next(r for r in server.log_records() if r.get("message") == "settings")
+    assert logged["settings"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert logged["settings"]["INTRA_OP_SPINNING"] is False

@@ -84,12 +84,14 @@ def test_single_level_mix_of_the_shared_examples():
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Answers 200, or 500 for bodies whose text is "fail"."""
+    """Answers 200, or 500 for bodies whose text is "fail" or "borrow" ("Already borrowed")."""
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        status = 500 if body["text"] == "fail" else 200
+        status = 500 if body["text"] in ("fail", "borrow") else 200
         payload = b'{"output": []}'
+        if body["text"] == "borrow":  # the seed-style peer's tokenizer race
+            payload = b'{"error": "RuntimeError: Already borrowed"}'
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -106,15 +108,17 @@ def test_open_loop_against_a_loopback_server_records_every_request():
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        bodies = [{"text": "ok", "schema": {}}, {"text": "fail", "schema": {}}]
+        bodies = [{"text": t, "schema": {}} for t in ("ok", "fail", "borrow")]
         samples = loadgen.run_open_loop(url, bodies, rate=40.0, duration=1.0, seed=3)
     finally:
         server.shutdown()
     assert len(samples) > 10
     for s in samples:
-        assert s.status == (500 if bodies[s.body_index]["text"] == "fail" else 200)
+        assert s.status == (200 if bodies[s.body_index]["text"] == "ok" else 500)
     step = stats.summarise(samples, 40.0, 1.0)
     assert step["errors"] == step["errors_by_kind"]["500"] > 0
+    borrowed = sum(1 for s in samples if bodies[s.body_index]["text"] == "borrow")
+    assert step["already_borrowed"] == borrowed > 0
 
 
 def _results():

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from app.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 RUNTIME_PACKAGES = {
@@ -141,6 +143,21 @@ def test_runtime_environment_suits_a_read_only_root(target):
         "PORT=7860",
     ):
         assert setting in env.split(), setting
+
+
+@pytest.mark.parametrize("target", ["runtime", "runtime-onnx"])
+def test_runtime_threads_sleep_when_idle(target):
+    """The image's thread settings, as app/settings.py reads them (issue 14: no collapse when a
+    neighbour takes a core)."""
+    env = dict(
+        item.split("=", 1)
+        for args in (args for keyword, args in _runtime(target) if keyword == "ENV")
+        for item in args.split()
+    )
+    threads = {k: v for k, v in env.items() if k in ("OMP_WAIT_POLICY", "INTRA_OP_SPINNING")}
+    settings = Settings.from_env(threads)
+    assert (settings.omp_wait_policy, settings.intra_op_spinning) == ("PASSIVE", False)
+    assert (env["OMP_WAIT_POLICY"], env["INTRA_OP_SPINNING"]) == ("PASSIVE", "false")
 
 
 def test_healthcheck_probes_health_without_curl():

@@ -294,15 +294,29 @@ def test_configmap_carries_valid_server_settings(rendered):
     _, manifests = rendered
     config = find(manifests, "ConfigMap", name="nlu-uninlu")
     design_settings = {
-        "MODEL_PATH", "PORT", "WARMUP_TEXT", "DEVICE", "TORCH_THREADS", "MAX_TEXT_CHARS",
+        "MODEL_PATH", "PORT", "WARMUP_TEXT", "DEVICE", "TORCH_THREADS", "OMP_WAIT_POLICY",
+        "INTRA_OP_SPINNING", "MAX_TEXT_CHARS",
         "MAX_SCHEMA_NODES", "MAX_SCHEMA_DEPTH", "MAX_BATCH_TOKENS", "BATCH_WAIT_MS", "MAX_QUEUE",
-        "LOG_LEVEL", "LOG_FORMAT", "GRACEFUL_SHUTDOWN_SECONDS",
+        "LOG_LEVEL", "LOG_FORMAT", "GRACEFUL_SHUTDOWN_SECONDS", "REQUEST_TIMEOUT_SECONDS",
     }  # fmt: skip
     assert set(config["data"]) == design_settings
     settings = Settings.from_env(config["data"])  # the server accepts every value
     assert (settings.model_path, settings.port) == ("/models/uninlu", 7860)
+    # Thread waits sleep: two threads keep working when a neighbour takes a core (issue 14).
+    assert (settings.omp_wait_policy, settings.intra_op_spinning) == ("PASSIVE", False)
     server = _server(manifests)
     assert server["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
+
+
+def test_request_timeout_and_cost_budget_reach_the_server():
+    config = find(
+        render_chart({"server": {"requestTimeoutSeconds": 2.5, "maxRequestCost": 900}}), "ConfigMap"
+    )
+    settings = Settings.from_env(config["data"])
+    assert (settings.request_timeout_seconds, settings.max_request_cost) == (2.5, 900)
+    assert (
+        Settings.from_env(find(render_chart({}), "ConfigMap")["data"]).request_timeout_seconds == 60
+    )
 
 
 def test_checksum_changes_only_with_the_settings():
@@ -564,3 +578,13 @@ def test_optional_kinds_can_be_turned_off():
     annotations = find(manifests, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert set(annotations) == {"checksum/config"}
     assert validate_manifests(manifests) == []
+
+
+def test_thread_settings_come_from_values():
+    values = {"server": {"ompWaitPolicy": "ACTIVE", "intraOpSpinning": True}}
+    data = find(render_chart(values), "ConfigMap")["data"]
+    assert (data["OMP_WAIT_POLICY"], data["INTRA_OP_SPINNING"]) == ("ACTIVE", "true")
+    settings = Settings.from_env(data)
+    assert (settings.omp_wait_policy, settings.intra_op_spinning) == ("ACTIVE", True)
+    with pytest.raises(ChartError, match="ompWaitPolicy"):
+        render_chart({"server": {"ompWaitPolicy": "spin"}})

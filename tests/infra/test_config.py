@@ -127,6 +127,10 @@ CASES = {
         {"overrides": {"server": {**prod_value("server"), "device": "cuda"}}},
         ["uninlu:server.device: cuda needs image.runtime: torch"],
     ),
+    "request timeout of zero": (
+        {"overrides": {"server": {**prod_value("server"), "requestTimeoutSeconds": 0}}},
+        ["uninlu:server.requestTimeoutSeconds", "greater than 0"],
+    ),
     "unknown image runtime": (
         {"overrides": with_changes("image", runtime="tensorrt")},
         ["uninlu:image.runtime", "'onnx', 'onnx-int8' or 'torch'"],

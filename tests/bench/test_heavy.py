@@ -1,0 +1,25 @@
+"""The heavy-request scenario (bench/heavy.py) end to end on the tiny checkpoint: it starts a real
+server, measures, and writes its figures (no figure is asserted, only that they exist)."""
+
+from __future__ import annotations
+
+import json
+
+from bench import heavy, mix
+
+
+def test_heavy_body_is_a_long_text_with_a_flat_schema():
+    examples = mix.load_examples(mix.find_examples())
+    body = heavy.heavy_body(examples, chars=3000, types=10)
+    assert len(body["text"]) == 3000
+    assert len(body["schema"]) == 10 and all(v is None for v in body["schema"].values())
+
+
+def test_probe_runs_end_to_end_and_writes_its_figures(tiny_model_dir, tmp_path):
+    argv = ["--model", str(tiny_model_dir), "--backend", "torch", "--threads", "1",
+            "--schedulers", "round_robin", "--repeats", "1", "--chars", "600", "--out",
+            str(tmp_path)]  # fmt: skip
+    assert heavy.main(argv) == 0
+    (row,) = json.loads((tmp_path / "heavy-probe.json").read_text())["rows"]
+    assert row["scheduler"] == "round_robin" and row["heavy_status"] == 200
+    assert row["short_behind_heavy_s"] > 0 and row["short_after_heavy_client_left_s"] > 0
