@@ -101,6 +101,17 @@ class Prometheus:
             assert time.monotonic() < deadline, f"no data for {expr}"
             time.sleep(0.5)
 
+    def wait_scraped_after(self, moment: float, timeout: float = 30) -> None:
+        """Until every target has been scraped by a scrape that started after `moment`."""
+        expr = f'min(timestamp(up{{namespace="{NAMESPACE}"}}))'
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.query(expr, time.time())
+            if result and float(result[0]["value"][1]) > moment:
+                return
+            assert time.monotonic() < deadline, f"no scrape of every target after {moment}"
+            time.sleep(0.2)
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
@@ -186,14 +197,14 @@ def live(tiny_model_dir, tmp_path_factory):
         _refused_while_draining(draining.url, warmup, 1)
         prometheus.wait_for('uninlu_requests_total{status="503"}')
         prometheus.wait_for('uninlu_requests_total{status="429"}')
-        time.sleep(2)
+        prometheus.wait_scraped_after(time.time())
         start = time.time()
-        time.sleep(1.5)  # one scrape inside the window before its first request
+        prometheus.wait_scraped_after(start)  # a sample inside the window before its traffic
         seen: collections.Counter = collections.Counter()
         _traffic(busy, draining, seen)
-        time.sleep(3)  # two scrapes after the last request
+        prometheus.wait_scraped_after(time.time())  # a sample after the last request
         end = time.time()
-        time.sleep(1)  # the rules' evaluation at `end` is done
+        time.sleep(1.5)  # the rules have been evaluated after `end`
         yield prometheus, manifests, seen, start, end
     finally:
         prometheus.stop()
