@@ -158,3 +158,26 @@ def test_report_shows_padding_contention_and_the_peer():
     assert "| onnx | 6.00 | 3.00 | 50 % | 0 |" in text
     assert "| onnx | 6.00 | 3.0 | 400 | 0 | 0 |" in text
     assert "| peer | 2.00 | 1.0 | 1500 | 7 | 5 |" in text
+
+
+def test_padded_share_of_a_real_server(tiny_model_dir, tmp_path):
+    """The counter name and labels the report reads are the ones the server exports."""
+    import httpx
+
+    from bench.server import ServerProcess
+
+    env = {"MODEL_PATH": str(tiny_model_dir), "TORCH_THREADS": "1", "LOG_LEVEL": "WARNING"}
+    with ServerProcess(env, tmp_path / "server.log") as server:
+        before = server.counters()
+        bodies = [
+            {"text": "小林在杭州。", "schema": {"人物": None}},
+            {"text": "王芳在2021年加入了深圳的一家机器人公司。" * 3, "schema": {"组织": None}},
+        ]
+        response = httpx.post(
+            server.base_url + "/predict/batch", json={"items": bodies}, timeout=60
+        )
+        assert response.status_code == 200
+        shares = padded_share(before, server.counters())
+    assert set(shares) == {"encode", "score", "all"}
+    # Tokens were counted for both stages (how much is padding depends on the length grouping).
+    assert all(0.0 <= shares[stage] < 1.0 for stage in ("encode", "score", "all"))
