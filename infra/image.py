@@ -74,6 +74,17 @@ def registry_cache(
     )
 
 
+def registry_login(
+    image: ImageSettings, registry_password: pulumi.Output[str] | None, args_type: Any
+) -> list[Any] | None:
+    """The registry login either provider takes (address, user, password kept a secret), or
+    None for a registry without one."""
+    if not image.username or registry_password is None:
+        return None
+    password = pulumi.Output.secret(registry_password)
+    return [args_type(address=image.registry, username=image.username, password=password)]
+
+
 class InferenceImage(pulumi.ComponentResource):
     """The model server image as `repository@digest`: built and pushed by this stack, or (with
     image.build false) a tag that another stack built and tested, promoted without a rebuild."""
@@ -106,15 +117,6 @@ class InferenceImage(pulumi.ComponentResource):
         model: ModelSource,
         registry_password: pulumi.Output[str] | None,
     ) -> pulumi.Output[str]:
-        registries = None
-        if image.username and registry_password is not None:
-            registries = [
-                docker_build.RegistryArgs(
-                    address=image.registry,
-                    username=image.username,
-                    password=pulumi.Output.secret(registry_password),
-                )
-            ]
         cache_from, cache_to = registry_cache(image)
         built = docker_build.Image(
             name,
@@ -125,7 +127,7 @@ class InferenceImage(pulumi.ComponentResource):
             tags=[f"{image.name}:{image.tag}"],
             push=True,
             platforms=[docker_build.Platform(platform) for platform in image.platforms],
-            registries=registries,
+            registries=registry_login(image, registry_password, docker_build.RegistryArgs),
             cache_from=cache_from or None,
             cache_to=cache_to or None,
             build_on_preview=image.build_on_preview,
@@ -141,19 +143,10 @@ class InferenceImage(pulumi.ComponentResource):
     ) -> pulumi.Output[str]:
         """Resolve `registry/repository:tag` to the digest the registry holds now, at every
         preview and up (pulumi-docker's getRegistryImage reads the manifest; it never pulls)."""
-        auth = None
-        if image.username and registry_password is not None:
-            auth = [
-                docker.ProviderRegistryAuthArgs(
-                    address=image.registry,
-                    username=image.username,
-                    password=pulumi.Output.secret(registry_password),
-                )
-            ]
         # Only the registry is read: no Docker daemon is needed where the program runs.
         registry = docker.Provider(
             f"{name}-registry",
-            registry_auth=auth,
+            registry_auth=registry_login(image, registry_password, docker.ProviderRegistryAuthArgs),
             disable_docker_daemon_check=True,
             opts=pulumi.ResourceOptions(parent=self),
         )
