@@ -60,7 +60,7 @@ CASES = {
         ["uninlu:autoscaling", "valid dictionary"],
     ),
     "min above max": (
-        {"overrides": with_changes("autoscaling", minReplicas=9)},
+        {"overrides": with_changes("autoscaling", minReplicas=9, maxReplicas=8)},
         ["uninlu:autoscaling", "minReplicas (9) must not exceed maxReplicas (8)"],
     ),
     "out of range": (

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pulumi
 import pytest
+import yaml
 from pulumi_harness import (
     COMPUTED,
     IMAGE_TYPE,
@@ -141,12 +142,15 @@ def test_a_template_only_change_previews_as_the_chart_fingerprint_alone(project,
 def test_config_set_path_max_replicas_changes_only_that_value(project):
     """`pulumi config set --path uninlu:autoscaling.maxReplicas 12 --stack prod`."""
     stack_life = deployed("prod")
+    prod = yaml.safe_load((REPO / "Pulumi.prod.yaml").read_text())["config"]
+    current = prod["uninlu:autoscaling"]["maxReplicas"]
+    assert current != 12
     stack_life.config_set_path("autoscaling.maxReplicas", 12)
 
     outcome = stack_life.preview()
 
     assert outcome.changed() == {
-        f"update {RELEASE_TYPE} uninlu": {"values.autoscaling.maxReplicas": (8, 12)}
+        f"update {RELEASE_TYPE} uninlu": {"values.autoscaling.maxReplicas": (current, 12)}
     }
     stack_life.up()
     assert stack_life.preview().changed() == {}

@@ -327,11 +327,12 @@ def _manifest_map(manifests: list[dict]) -> dict[str, Any]:
 
 
 def test_editing_max_replicas_changes_only_that_field(tmp_path):
-    """A PR's `maxReplicas: 8 -> 12` in Pulumi.prod.yaml changes that field and nothing else."""
+    """A PR's `maxReplicas: N -> 12` in Pulumi.prod.yaml changes that field and nothing else."""
     original = (REPO / "Pulumi.prod.yaml").read_text()
-    assert original.count("maxReplicas: 8\n") == 1
+    current = yaml.safe_load(original)["config"]["uninlu:autoscaling"]["maxReplicas"]
+    assert current != 12 and original.count(f"maxReplicas: {current}\n") == 1
     edited = tmp_path / "Pulumi.prod.yaml"
-    edited.write_text(original.replace("maxReplicas: 8\n", "maxReplicas: 12\n"))
+    edited.write_text(original.replace(f"maxReplicas: {current}\n", "maxReplicas: 12\n"))
 
     before = run_program(deploy, "prod", **STACKS["prod"])
     after = run_program(deploy, "prod", stack_file=edited, **STACKS["prod"])
@@ -344,7 +345,7 @@ def test_editing_max_replicas_changes_only_that_field(tmp_path):
         for path in flat_old.keys() | flat_new.keys():
             if flat_old.get(path) != flat_new.get(path):
                 changes[f"{key}{path}"] = (flat_old.get(path), flat_new.get(path))
-    assert changes == {"HorizontalPodAutoscaler/uninlu.spec.maxReplicas": (8, 12)}
+    assert changes == {"HorizontalPodAutoscaler/uninlu.spec.maxReplicas": (current, 12)}
     # No rebuild: the image inputs (and so the digest) are the same.
     assert before.run.one(IMAGE).inputs == after.run.one(IMAGE).inputs
     assert after.outputs["autoscaling"]["maxReplicas"] == 12
