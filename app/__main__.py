@@ -28,7 +28,21 @@ def _predict(args: argparse.Namespace) -> int:
             None if lifted else settings.max_schema_depth,
             None if lifted else settings.max_schema_nodes,
         )
-        backend, tokenizer = load_backend(args.model_path, device=args.device, threads=args.threads)
+        if args.onnx_dir:
+            from app.onnx_backend import load_onnx_backend
+
+            if not args.backend.startswith("onnx"):
+                raise ValueError("--onnx-dir needs --backend onnx or onnx-int8")
+            backend, tokenizer = load_onnx_backend(
+                args.model_path,
+                threads=args.threads,
+                int8=args.backend == "onnx-int8",
+                onnx_dir=args.onnx_dir,
+            )
+        else:
+            backend, tokenizer = load_backend(
+                args.model_path, device=args.device, threads=args.threads, kind=args.backend
+            )
         output = predict(
             backend,
             tokenizer,
@@ -57,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-all-prefix", action="store_true", help="also output inner chains")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "torch-int8", "onnx", "onnx-int8"),
+        help="the model backend (the server's BACKEND setting); default torch",
+    )
+    p.add_argument(
+        "--onnx-dir", help="folder of the exported graphs (default: MODEL_PATH/onnx; onnx only)"
+    )
     p.add_argument(
         "--no-limits",
         action="store_true",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,8 +97,15 @@ def _gaps(ref: _Recorder, cand: _Recorder) -> tuple[float, float]:
     return head, tail
 
 
-def run(model: Path, cases: list[dict], int8_dir: Path | None = None, threads: int | None = None):
-    """{form: Tally} plus "all", comparing int8 with fp32 case by case."""
+def run(
+    model: Path,
+    cases: list[dict],
+    int8_dir: Path | None = None,
+    threads: int | None = None,
+    progress=None,
+):
+    """{form: Tally} plus "all", comparing int8 with fp32 case by case; `progress(done, total,
+    tallies)` is called after each case (a long run shows where it is)."""
     folder = model / ONNX_DIR
     fp32 = OnnxBackend(*graph_paths(folder, int8=False), name="onnx-fp32", threads=threads)
     int8 = OnnxBackend(
@@ -115,6 +123,8 @@ def run(model: Path, cases: list[dict], int8_dir: Path | None = None, threads: i
         form = case["task"].rsplit("-", 1)[0]
         for name in (form, "all"):
             tallies.setdefault(name, Tally()).add(want, got, head, tail)
+        if progress:
+            progress(tallies["all"].cases, len(cases), tallies)
     return tallies
 
 
@@ -135,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=AGREEMENT_SEED)
     parser.add_argument("--int8-dir", help="folder of the int8 graphs (default: MODEL/onnx)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--progress-every", type=int, default=10, help="a progress line (stderr) every N cases"
+    )
     args = parser.parse_args(argv)
     if args.cases < 1:
         parser.error("--cases must be at least 1")
@@ -146,7 +159,19 @@ def main(argv: list[str] | None = None) -> int:
             )
     cases = generate_cases(args.cases, args.seed)
     int8_dir = Path(args.int8_dir) if args.int8_dir else None
-    print(table(run(model, cases, int8_dir, args.threads)))
+    start = time.monotonic()
+
+    def progress(done: int, total: int, tallies: dict[str, Tally]) -> None:
+        if done % args.progress_every == 0 or done == total:
+            all_ = tallies["all"]
+            print(
+                f"[{time.monotonic() - start:6.0f} s] {done}/{total} cases, "
+                f"{all_.identical} identical, {all_.tp + all_.fn} fp32 spans so far",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    print(table(run(model, cases, int8_dir, args.threads, progress)))
     return 0
 
 

@@ -10,7 +10,10 @@
 # Needs root and: podman runc debootstrap uidmap slirp4netns fuse-overlayfs (Debian packages;
 # .ci/run installs them). Environment knobs: IMAGE_TEST_DIR (work dir), DEBIAN_MIRROR,
 # READY_TIMEOUT (seconds to wait for /ready, default 180), IMAGE_TEST_KEEP=1 (keep the
-# container), IMAGE_TEST_TARGETS (default: "runtime runtime-onnx").
+# container), IMAGE_TEST_TARGETS (default: "runtime runtime-onnx"), IMAGE_TEST_ONNX_BACKEND
+# (onnx | onnx-int8: the runtime-onnx image's backend, default onnx), IMAGE_TEST_MODEL (a
+# checkpoint directory to bake instead of the tiny one, e.g. .models/base: the real image size).
+# The examples file (../shared/examples.json), when present, is the `calibration` context.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +25,10 @@ IMAGE="localhost/uninlu"
 TARGETS="${IMAGE_TEST_TARGETS:-runtime runtime-onnx}"
 CONTAINER="uninlu-image-test-$$"
 READY_TIMEOUT="${READY_TIMEOUT:-180}"
+ONNX_BACKEND="${IMAGE_TEST_ONNX_BACKEND:-onnx}"
+MODEL_SRC="${IMAGE_TEST_MODEL:-}"
+EXAMPLES="$(dirname "$ROOT")/shared/examples.json"
+case "$ONNX_BACKEND" in onnx | onnx-int8) ;; *) echo "IMAGE_TEST_ONNX_BACKEND: onnx or onnx-int8" >&2; exit 2 ;; esac
 # runc and small default ulimits: the only podman settings that work on these hosts (OFFLINE.md).
 export CONTAINERS_CONF="$ROOT/docker/containers.conf"
 
@@ -78,15 +85,40 @@ find_links=()
 ls "$WORK"/wheels/torch-*+cpu-*.whl >/dev/null 2>&1 \
     || die "the wheelhouse has no CPU torch wheel (torch-*+cpu-*.whl): refusing a CUDA build"
 
-# ---- the model context: a tiny random checkpoint in the ModelScope layout ----------------------
-rm -rf "$WORK/model"
-"$PY" -m app.random_checkpoint --size tiny --seed 4 --out "$WORK/model" >/dev/null
-# What the containers must answer: the host's own pipeline on the same checkpoint.
+# ---- the model context: a tiny random checkpoint in the ModelScope layout, or IMAGE_TEST_MODEL ---
+rm -rf "$WORK/model" "$WORK/calibration" "$WORK/host-onnx"
+if [ -n "$MODEL_SRC" ]; then
+    # Hard links of the checkpoint's own files (not its onnx/ folder): no 400 MB copy.
+    mkdir -p "$WORK/model"
+    find "$MODEL_SRC" -maxdepth 1 -type f -exec cp -l {} "$WORK/model/" \; 2>/dev/null \
+        || find "$MODEL_SRC" -maxdepth 1 -type f -exec cp {} "$WORK/model/" \;
+    log "model context: $MODEL_SRC ($(du -sh "$WORK/model" | cut -f1))"
+else
+    "$PY" -m app.random_checkpoint --size tiny --seed 4 --out "$WORK/model" >/dev/null
+fi
+mkdir -p "$WORK/calibration"
+[ -f "$EXAMPLES" ] && cp "$EXAMPLES" "$WORK/calibration/examples.json"
+# What the containers must answer: the host's own pipeline on the same checkpoint (for onnx-int8,
+# on int8 graphs the host exports with the same recipe and calibration set: static int8 is
+# deterministic, so the image's graphs answer the same).
 export TEXT="小林上周在杭州参加了一场关于人工智能的会议，会后去了上海。"
 export SCHEMA='{"人物": null, "地点": null, "组织机构": null}'
-EXPECTED="$("$PY" -m app predict --model-path "$WORK/model" --text "$TEXT" --schema "$SCHEMA")"
-export EXPECTED
-log "the host's pipeline answers: $EXPECTED"
+host_predict() {  # BACKEND [ONNX_DIR]
+    "$PY" -m app predict --model-path "$WORK/model" --backend "$1" ${2:+--onnx-dir "$2"} \
+        --text "$TEXT" --schema "$SCHEMA"
+}
+EXPECTED_TORCH="$(host_predict torch)"
+log "the host's pipeline answers (torch fp32): $EXPECTED_TORCH"
+if [ "$ONNX_BACKEND" = onnx-int8 ]; then
+    calibration=()
+    [ -f "$WORK/calibration/examples.json" ] && calibration=(--examples "$WORK/calibration/examples.json")
+    "$PY" -m app.export_onnx --model-path "$WORK/model" --out "$WORK/host-onnx" --int8 \
+        "${calibration[@]}" >/dev/null
+    EXPECTED_ONNX="$(host_predict onnx-int8 "$WORK/host-onnx")"
+    log "the host's pipeline answers (onnx-int8): $EXPECTED_ONNX"
+else
+    EXPECTED_ONNX="$EXPECTED_TORCH"  # fused fp32 graphs give torch fp32's spans
+fi
 # fp32 weight bytes of the full-size model (the published checkpoint's architecture), for the
 # projected size: image size - tiny checkpoint's weights + full checkpoint's weights.
 full="$("$PY" -c '
@@ -114,7 +146,8 @@ build() {  # TARGET TAG
     podman build --pull=never --network=none --format docker --target "$1" \
         --build-context wheels="$WORK/wheels" \
         --build-context model="$WORK/model" \
-        --build-arg PIP_NO_INDEX=1 \
+        --build-context calibration="$WORK/calibration" \
+        --build-arg PIP_NO_INDEX=1 --build-arg ONNX_BACKEND="$ONNX_BACKEND" \
         -f docker/Dockerfile -t "$2" . >"$WORK/build-$1.log" 2>&1 \
         || { tail -n 40 "$WORK/build-$1.log" >&2; die "podman build --target $1 (log: $WORK/build-$1.log)"; }
     grep -E '^(convert_model|compile_bytecode):' "$WORK/build-$1.log" || true
@@ -148,7 +181,7 @@ sys.exit(f"unexpected in the runtime image: {bad}" if bad else 0)
 ' || die "$1: runtime image content"
 }
 
-run_and_probe() {  # IMAGE: run it as Kubernetes will, wait for /ready, predict, healthcheck
+run_and_probe() {  # IMAGE EXPECTED: run it as Kubernetes will, wait for /ready, predict, healthcheck
     local port
     port="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
     # --health-interval=disable: no systemd timer (there is no systemd here); it is run below.
@@ -161,7 +194,8 @@ run_and_probe() {  # IMAGE: run it as Kubernetes will, wait for /ready, predict,
         podman run "${flags[@]}" --network host -e PORT="$port" "$1" >/dev/null
     fi
     log "$1 started: read-only root, uid 1001, no capabilities, http://127.0.0.1:$port"
-    PORT="$port" CONTAINER="$CONTAINER" READY_TIMEOUT="$READY_TIMEOUT" "$PY" docker/image_probe.py \
+    PORT="$port" CONTAINER="$CONTAINER" READY_TIMEOUT="$READY_TIMEOUT" EXPECTED="$2" \
+        "$PY" docker/image_probe.py \
         || { podman logs --tail 40 "$CONTAINER" >&2 || true; die "$1: the running image"; }
     # The image's own HEALTHCHECK command, run inside the container.
     podman healthcheck run "$CONTAINER" >/dev/null || die "$1: the image's HEALTHCHECK failed"
@@ -170,20 +204,25 @@ run_and_probe() {  # IMAGE: run it as Kubernetes will, wait for /ready, predict,
 }
 
 report_size() {  # IMAGE
-    local size tiny
+    local size weights
     size="$(podman image inspect --format '{{.Size}}' "$1")"
-    tiny="$(podman run --rm --network=none --no-healthcheck "$1" bash -c \
+    weights="$(podman run --rm --network=none --no-healthcheck "$1" bash -c \
         'du -sbc "$MODEL_PATH"/model.safetensors "$MODEL_PATH"/onnx 2>/dev/null | tail -n 1 | cut -f1')"
-    log "SIZE $1: $(mb "$size") ($size bytes) with the tiny checkpoint ($(mb "$tiny") of weights);" \
-        "projected with the full checkpoint ($(mb "$full") fp32): $(mb $((size - tiny + full)))" \
-        "(seed target: 850 MB)"
+    if [ -n "$MODEL_SRC" ]; then
+        log "SIZE $1: $(mb "$size") ($size bytes) with $MODEL_SRC ($(mb "$weights") of weights)"
+    else
+        log "SIZE $1: $(mb "$size") ($size bytes) with the tiny checkpoint ($(mb "$weights") of weights);" \
+            "projected with the full checkpoint ($(mb "$full") fp32): $(mb $((size - weights + full)))" \
+            "(seed target: 850 MB)"
+    fi
 }
 
 for target in $TARGETS; do
     tag="$IMAGE:image-test${target#runtime}"
     build "$target" "$tag"
     check_image "$tag"
-    run_and_probe "$tag"
+    if [ "$target" = runtime ]; then expected="$EXPECTED_TORCH"; else expected="$EXPECTED_ONNX"; fi
+    run_and_probe "$tag" "$expected"
     report_size "$tag"
 done
 log "PASSED in $((SECONDS - started)) s"

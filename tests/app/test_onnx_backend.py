@@ -260,3 +260,32 @@ def test_intra_op_spinning_reaches_both_sessions(onnx_model_dir, spinning, entry
     for session in (backend.encoder, backend.cross_session):
         options = session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+
+
+def test_predict_command_runs_the_int8_graphs_of_another_folder(onnx_model_dir, examples, tmp_path):
+    """`python -m app predict --backend onnx-int8 --onnx-dir DIR` (what docker/image-test.sh
+    compares an int8 image with): the graphs of DIR, not of MODEL_PATH/onnx."""
+    moved = shutil.copytree(onnx_model_dir / ONNX_DIR, tmp_path / "graphs")
+    checkpoint = shutil.copytree(
+        onnx_model_dir, tmp_path / "bare", ignore=shutil.ignore_patterns("onnx")
+    )
+    case = next(e for e in examples if all(v is None for v in e["schema"].values()))
+    schema = json.dumps(case["schema"], ensure_ascii=False)
+    args = ["--model-path", str(checkpoint), "--text", case["text"], "--schema", schema]
+    args += ["--threads", "1"]
+    run = [sys.executable, "-m", "app", "predict", *args]
+    done = subprocess.run([*run, "--backend", "onnx-int8", "--onnx-dir", str(moved)],
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    backend, tokenizer = load_onnx_backend(onnx_model_dir, threads=1, int8=True)
+    assert json.loads(done.stdout) == {
+        "output": predict(backend, tokenizer, case["text"], case["schema"])
+    }
+    # Without the graphs: a clear error that names the export command, no traceback.
+    missing = subprocess.run([*run, "--backend", "onnx-int8"], capture_output=True, text=True,
+                             timeout=120, check=False)  # fmt: skip
+    assert missing.returncode == 2, missing.stderr
+    assert "app.export_onnx" in missing.stderr and "Traceback" not in missing.stderr
+    wrong = subprocess.run([*run, "--onnx-dir", str(moved)], capture_output=True, text=True,
+                           timeout=120, check=False)  # fmt: skip
+    assert wrong.returncode == 2 and "--onnx-dir needs --backend onnx" in wrong.stderr
