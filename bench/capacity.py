@@ -21,11 +21,11 @@ from infra.config import CAPACITY_FILE, recorded_capacity
 
 FORMAT = 1
 BACKENDS = {"onnx": "onnx", "onnx-int8": "onnx-int8", "torch": "torch"}
-# Offered texts/s per CPU of the rate ladders: fine steps where fp32 saturates (about 2.4 per
-# CPU on this project's CI machine), wider ones for int8 (about 7.5 per CPU).
+# Offered texts/s per CPU of the rate ladders: fine steps where fp32 saturates (about 1-2.4 per
+# CPU on an AVX2 machine, more with AVX-512), wider ones for int8 (about 7.5 per CPU).
 LADDERS = {
-    "onnx": (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
-    "torch": (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
+    "onnx": (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0),
+    "torch": (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0),
     "onnx-int8": (1.5, 3.0, 4.5, 6.0, 7.0, 8.0, 9.0, 10.5, 12.0),
 }
 DEFAULT_MAX_QUEUE = 128  # app/settings.py MAX_QUEUE default
