@@ -217,6 +217,34 @@ report_size() {  # IMAGE
     fi
 }
 
+unopened_report() {  # IMAGE: what the image carries that serving never opens (runtime-onnx)
+    # docker/opened_files.py inside the image: the files a serving process opens (modules, mapped
+    # libraries, open files) after every kind of request; against the image's own file list of
+    # the venv (the model folder holds only what the server loads: graphs, config, vocabulary).
+    podman run --rm --network=none --no-healthcheck --read-only --tmpfs /tmp:rw,size=64m \
+        --cap-drop=ALL --user 1001:1001 -e PORT=7861 -e PYTHONPATH=/srv \
+        -v "$ROOT/docker/opened_files.py:/tmp/opened_files.py:ro" "$1" bash -c '
+python /tmp/opened_files.py --with-reads > /tmp/opened.txt 2> /tmp/opened.err \
+    || { tail -n 5 /tmp/opened.err; exit 1; }
+find /opt/venv -type f -printf "%s %p\n" > /tmp/all.txt
+python - <<"PY"
+opened = set(open("/tmp/opened.txt").read().split())
+total = unused = 0
+largest = []
+for line in open("/tmp/all.txt"):
+    size, path = line.rstrip("\n").split(" ", 1)
+    size = int(size)
+    total += size
+    if path not in opened:
+        unused += size
+        largest.append((size, path))
+largest.sort(reverse=True)
+print(f"{len(opened)} files opened; the venv {total / 1e6:.0f} MB, never opened "
+      f"{unused / 1e6:.1f} MB in {len(largest)} files; largest: "
+      + ", ".join(f"{p} ({s / 1e6:.1f} MB)" for s, p in largest[:3]))
+PY'
+}
+
 for target in $TARGETS; do
     tag="$IMAGE:image-test${target#runtime}"
     build "$target" "$tag"
@@ -224,5 +252,9 @@ for target in $TARGETS; do
     if [ "$target" = runtime ]; then expected="$EXPECTED_TORCH"; else expected="$EXPECTED_ONNX"; fi
     run_and_probe "$tag" "$expected"
     report_size "$tag"
+    if [ "$target" = runtime-onnx ]; then
+        unopened="$(unopened_report "$tag")" || die "$tag: docker/opened_files.py in the image: $unopened"
+        log "UNOPENED $tag: $unopened"
+    fi
 done
 log "PASSED in $((SECONDS - started)) s"

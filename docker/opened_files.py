@@ -1,10 +1,13 @@
 """List the files a serving process opens: start the server in-process with torch unimportable
 (as the lean image runs), answer every kind of request (/predict, /predict/batch, /metrics,
 /, /docs and its assets, /openapi.json, /health), then print every imported module's file,
-every mapped shared library and every open file, one per line.
+every mapped shared library and every open file, one per line; with --with-reads also every
+file Python opened and closed again (the "open" audit event: the tokenizer's files, the pages'
+static assets, but also metadata scans that tolerate a missing file). Files that native code
+opens and closes (ONNX Runtime reading a graph) are not seen.
 
 The evidence for docker/prune_venv.py (tests/docker/test_prune_venv.py). Usage:
-  MODEL_PATH=DIR BACKEND=onnx-int8 PORT=free-port python docker/opened_files.py
+  MODEL_PATH=DIR BACKEND=onnx-int8 PORT=free-port python docker/opened_files.py [--with-reads]
 """
 
 from __future__ import annotations
@@ -18,6 +21,15 @@ import time
 import urllib.request
 
 sys.modules["torch"] = None  # the lean image has no torch
+_OPENED: set[str] = set()
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and isinstance(args[0], str):
+        _OPENED.add(args[0])
+
+
+sys.addaudithook(_audit)
 
 
 def _get(url: str, body: dict | None = None) -> bytes:
@@ -47,12 +59,14 @@ def exercise(base: str) -> None:
             _get(base + asset)
 
 
-def opened_files() -> set[str]:
+def opened_files(with_reads: bool = False) -> set[str]:
     files = {
         os.path.realpath(m.__file__)
         for m in list(sys.modules.values())
         if getattr(m, "__file__", None)
     }
+    if with_reads:
+        files |= {os.path.realpath(f) for f in list(_OPENED) if os.path.isfile(f)}
     with open("/proc/self/maps") as maps:
         files |= {os.path.realpath(f[5]) for f in map(str.split, maps) if len(f) > 5}
     for fd in os.listdir("/proc/self/fd"):
@@ -75,7 +89,7 @@ def main() -> int:
     )
     threading.Thread(target=server.run, daemon=True).start()
     exercise(f"http://127.0.0.1:{settings.port}")
-    print("\n".join(sorted(opened_files())))
+    print("\n".join(sorted(opened_files(with_reads="--with-reads" in sys.argv[1:]))))
     server.should_exit = True
     return 0
 
