@@ -28,6 +28,7 @@ from tests.app.conftest import ServerProcess, free_port
 from tests.app.test_server_load import HEAVY
 
 NAMESPACE = "ml"
+MIN_WINDOW_SECONDS = 8.0
 NS_MATCH = f'namespace="{NAMESPACE}"'
 FULLNAME = "nlu-uninlu"
 PODS = (f"{FULLNAME}-6d4cf-busy1", f"{FULLNAME}-6d4cf-drain")
@@ -202,6 +203,9 @@ def live(tiny_model_dir, tmp_path_factory):
         prometheus.wait_scraped_after(start)  # a sample inside the window before its traffic
         seen: collections.Counter = collections.Counter()
         _traffic(busy, draining, seen)
+        # A window of several scrapes: rate()'s extrapolation (up to a scrape interval at each
+        # edge) must stay a small share of it, however fast the traffic ran on this machine.
+        time.sleep(max(0.0, start + MIN_WINDOW_SECONDS - time.time()))
         prometheus.wait_scraped_after(time.time())  # a sample after the last request
         end = time.time()
         time.sleep(1.5)  # the rules have been evaluated after `end`
