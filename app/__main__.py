@@ -28,21 +28,15 @@ def _predict(args: argparse.Namespace) -> int:
             None if lifted else settings.max_schema_depth,
             None if lifted else settings.max_schema_nodes,
         )
-        if args.onnx_dir:
-            from app.onnx_backend import load_onnx_backend
-
-            if not args.backend.startswith("onnx"):
-                raise ValueError("--onnx-dir needs --backend onnx or onnx-int8")
-            backend, tokenizer = load_onnx_backend(
-                args.model_path,
-                threads=args.threads,
-                int8=args.backend == "onnx-int8",
-                onnx_dir=args.onnx_dir,
-            )
-        else:
-            backend, tokenizer = load_backend(
-                args.model_path, device=args.device, threads=args.threads, kind=args.backend
-            )
+        if args.onnx_dir and not args.backend.startswith("onnx"):
+            raise ValueError("--onnx-dir needs --backend onnx or onnx-int8")
+        backend, tokenizer = load_backend(
+            args.model_path,
+            device=args.device,
+            threads=args.threads,
+            kind=args.backend,
+            onnx_dir=args.onnx_dir,
+        )
         output = predict(
             backend,
             tokenizer,

@@ -122,14 +122,17 @@ def load_backend(
     device: str = "auto",
     threads: int | None = None,
     kind: str = "torch",
+    onnx_dir: str | Path | None = None,
 ) -> tuple[Backend, PreTrainedTokenizerBase]:
     """Load the checkpoint directory strictly; half precision on CUDA, float32 on CPU.
     Kinds: torch, torch-int8 (CPU, dynamic int8 linears), onnx, onnx-int8 (ONNX Runtime graphs
-    from app/export_onnx.py)."""
+    from app/export_onnx.py, in `onnx_dir`, default MODEL_PATH/onnx)."""
     if kind in ("onnx", "onnx-int8"):
         from app.onnx_backend import load_onnx_backend
 
-        return load_onnx_backend(model_path, threads=threads, int8=kind == "onnx-int8")
+        return load_onnx_backend(
+            model_path, threads=threads, int8=kind == "onnx-int8", onnx_dir=onnx_dir
+        )
     if kind not in ("torch", "torch-int8"):
         raise ValueError(
             f"unknown backend kind {kind!r}, expected torch, torch-int8, onnx or onnx-int8"

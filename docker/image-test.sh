@@ -120,8 +120,10 @@ else
     EXPECTED_ONNX="$EXPECTED_TORCH"  # fused fp32 graphs give torch fp32's spans
 fi
 # fp32 weight bytes of the full-size model (the published checkpoint's architecture), for the
-# projected size: image size - tiny checkpoint's weights + full checkpoint's weights.
-full="$("$PY" -c '
+# projected size of a tiny-checkpoint image: its size - tiny weights + full weights.
+full=0
+if [ -z "$MODEL_SRC" ]; then
+    full="$("$PY" -c '
 import torch
 from transformers import BertConfig
 from app.model import SiameseUniNLU
@@ -131,6 +133,7 @@ with torch.device("meta"):
     model = SiameseUniNLU(BertConfig(**config))
 print(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
 ')"
+fi
 
 cleanup() {
     if [ "${IMAGE_TEST_KEEP:-0}" != 1 ]; then
