@@ -7,6 +7,7 @@ batcher can mix steps of many requests and another runtime (ONNX) can stand in f
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -16,6 +17,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from app.model import SiameseUniNLU, load_model
 from app.padding import length_groups
+from app.thread_tuner import ThreadTuner
 from app.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
@@ -51,36 +53,69 @@ def _pad_ids(seqs: list[list[int]], device: torch.device) -> tuple[torch.Tensor,
 
 
 class TorchBackend:
-    """The network in torch: text states are (length, hidden) tensors on the model's device."""
+    """The network in torch: text states are (length, hidden) tensors on the model's device.
 
-    def __init__(self, model: SiameseUniNLU, device: torch.device, dtype: torch.dtype):
+    With a `tuner` (CPU), each call runs with the intra-op thread count it picks, set from the
+    calling thread (OpenMP's count is per thread: the batcher's worker makes every call)."""
+
+    def __init__(
+        self,
+        model: SiameseUniNLU,
+        device: torch.device,
+        dtype: torch.dtype,
+        tuner: ThreadTuner | None = None,
+    ):
         self.model = model
         self.device = torch.device(device)
         self.dtype = dtype
+        self.tuner = tuner
+        self.threads_used: dict[str, int] = {}  # stage -> threads of its last call
         precision = "fp16" if dtype == torch.float16 else "fp32"
         self.name = f"torch-{precision}" + ("-cuda" if self.device.type == "cuda" else "")
 
-    @torch.inference_mode()
     def encode(self, windows: list[list[int]]) -> list[object]:
+        return self._tuned("encode", self._encode, windows)
+
+    def score(self, rows: list[PromptRow]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return self._tuned("score", self._score, rows)
+
+    def _tuned(self, stage: str, run, inputs: list):
+        """`run(inputs)` -> (results, padded tokens) with the tuner's thread count, timed."""
+        if self.tuner is None or not inputs:
+            return run(inputs)[0]
+        threads = self.tuner.pick(stage)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        started = time.perf_counter()
+        results, tokens = run(inputs)
+        self.tuner.record(stage, threads, time.perf_counter() - started, tokens)
+        self.threads_used[stage] = threads
+        return results
+
+    @torch.inference_mode()
+    def _encode(self, windows: list[list[int]]) -> tuple[list[object], int]:
         states: list[object] = [None] * len(windows)
+        tokens = 0
         for group in length_groups([len(w) for w in windows]):
             ids, mask = _pad_ids([windows[i] for i in group], self.device)
+            tokens += ids.numel()
             positions = torch.arange(ids.shape[1], device=self.device).expand_as(ids)
             hidden = self.model.encode(ids, mask, token_type=0, position_ids=positions)
             for k, i in enumerate(group):
                 states[i] = hidden[k, : len(windows[i])]
-        return states
+        return states, tokens
 
     @torch.inference_mode()
-    def score(self, rows: list[PromptRow]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _score(self, rows: list[PromptRow]) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
         if not rows:
-            return []
+            return [], 0
         # First half: all prompts at once (they are short and of similar length).
         ids, mask = _pad_ids([r.prompt_ids for r in rows], self.device)
         offsets = torch.tensor([r.position_offset for r in rows], device=self.device)
         positions = offsets[:, None] + torch.arange(ids.shape[1], device=self.device)[None, :]
         positions = positions.masked_fill(~mask, 0)  # padding: any valid index, it is masked
         prompts = self.model.encode(ids, mask, token_type=1, position_ids=positions)
+        tokens = ids.numel()
         # Cross half: each row packed as [its text ; its prompt] with no padding in between.
         # Attention in the cross stack has no position terms, so this equals ModelScope's
         # [padded text ; padded prompt] layout up to masked padding, which is never attended.
@@ -95,6 +130,7 @@ class TorchBackend:
                 ],
                 batch_first=True,
             )
+            tokens += packed.shape[0] * packed.shape[1]
             lengths = torch.tensor([totals[i] for i in group])
             cross_mask = torch.arange(packed.shape[1])[None, :] < lengths[:, None]
             head, tail = self.model.cross(packed, cross_mask.to(self.device))
@@ -103,7 +139,7 @@ class TorchBackend:
             for k, i in enumerate(group):
                 n = text_lens[i]
                 results[i] = (head[k, :n].copy(), tail[k, :n].copy())
-        return results
+        return results, tokens
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -123,10 +159,12 @@ def load_backend(
     threads: int | None = None,
     kind: str = "torch",
     onnx_dir: str | Path | None = None,
+    adaptive_threads: bool = False,
 ) -> tuple[Backend, PreTrainedTokenizerBase]:
     """Load the checkpoint directory strictly; half precision on CUDA, float32 on CPU.
     Kinds: torch, torch-int8 (CPU, dynamic int8 linears), onnx, onnx-int8 (ONNX Runtime graphs
-    from app/export_onnx.py, in `onnx_dir`, default MODEL_PATH/onnx)."""
+    from app/export_onnx.py, in `onnx_dir`, default MODEL_PATH/onnx). `adaptive_threads`: torch
+    on CPU picks between `threads` and 1 per call (app/thread_tuner.py); ONNX keeps `threads`."""
     if kind in ("onnx", "onnx-int8"):
         from app.onnx_backend import load_onnx_backend
 
@@ -149,8 +187,15 @@ def load_backend(
         from app.quantize import quantize_dynamic_int8
 
         model = quantize_dynamic_int8(model)
-    backend = TorchBackend(model, dev, dtype)
+    tuner = ThreadTuner(torch.get_num_threads()) if adaptive_threads and dev.type == "cpu" else None
+    backend = TorchBackend(model, dev, dtype, tuner)
     if kind == "torch-int8":
         backend.name = "torch-int8"
-    log.info("loaded %s from %s (threads=%s)", backend.name, model_path, torch.get_num_threads())
+    log.info(
+        "loaded %s from %s (threads=%s%s)",
+        backend.name,
+        model_path,
+        torch.get_num_threads(),
+        ", adaptive down to 1" if tuner and len(tuner.candidates) > 1 else "",
+    )
     return backend, tokenizer

@@ -383,6 +383,9 @@ class Batcher:
             self.metrics.batch_size.observe(len({id(it.task) for it in chunk}))
             self.metrics.backend_tokens.labels(stage, "real").inc(real)
             self.metrics.backend_tokens.labels(stage, "padded").inc(padded - real)
+            threads = getattr(self.backend, "threads_used", {}).get(stage)
+            if threads is not None:
+                self.metrics.backend_threads.labels(stage).set(threads)
         for it, out in zip(chunk, outputs, strict=True):
             task = it.task
             task.results[it.index] = out

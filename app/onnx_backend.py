@@ -84,6 +84,7 @@ class OnnxBackend:
         self.cross_session = ort.InferenceSession(str(cross_path), options, providers=providers)
         self.name = name
         self.threads = options.intra_op_num_threads
+        self.threads_used = {"encode": self.threads, "score": self.threads}  # fixed
 
     def _encode(self, ids: np.ndarray, mask: np.ndarray, token_type: int, positions: np.ndarray):
         feeds = {

@@ -137,7 +137,11 @@ def default_loader(settings: Settings) -> tuple[Any, Any]:
     from app.backend import load_backend  # torch is imported only when a model is loaded
 
     return load_backend(
-        settings.model_path, settings.device, settings.torch_threads, kind=settings.backend
+        settings.model_path,
+        settings.device,
+        settings.torch_threads,
+        kind=settings.backend,
+        adaptive_threads=settings.thread_tuning == "adaptive",
     )
 
 

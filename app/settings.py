@@ -57,6 +57,14 @@ class Settings:
     torch_threads: int | None = _setting(
         None, "TORCH_THREADS", "intra-op threads for torch; unset = torch's default (all cores)"
     )
+    thread_tuning: str = _setting(
+        "adaptive",
+        "THREAD_TUNING",
+        "adaptive | fixed: adaptive lets the torch backends run each model call with TORCH_THREADS "
+        "or 1 thread, whichever its recent calls measured faster (app/thread_tuner.py), so a "
+        "core taken by a neighbour or the CPU limit does not stall every call; fixed always "
+        "runs TORCH_THREADS. ONNX backends keep their thread count",
+    )
     omp_wait_policy: str = _setting(
         "PASSIVE",
         "OMP_WAIT_POLICY",
@@ -189,6 +197,10 @@ class Settings:
         if self.backend not in ("torch", "torch-int8", "onnx", "onnx-int8"):
             raise SettingsError(
                 f"BACKEND must be torch, torch-int8, onnx or onnx-int8, got {self.backend!r}"
+            )
+        if self.thread_tuning not in ("adaptive", "fixed"):
+            raise SettingsError(
+                f"THREAD_TUNING must be adaptive or fixed, got {self.thread_tuning!r}"
             )
         if self.omp_wait_policy not in ("ACTIVE", "PASSIVE"):
             raise SettingsError(

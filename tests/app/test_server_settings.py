@@ -42,6 +42,7 @@ def test_from_env_parses_types_and_ignores_blanks():
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"DEVICE": "tpu"}, "DEVICE"),
         ({"OMP_WAIT_POLICY": "spin"}, "OMP_WAIT_POLICY"),
+        ({"THREAD_TUNING": "auto"}, "THREAD_TUNING"),
         ({"INTRA_OP_SPINNING": "sometimes"}, "INTRA_OP_SPINNING"),
         ({"MAX_BATCH_ITEMS": "10", "MAX_QUEUE": "5"}, "MAX_BATCH_ITEMS"),
     ],

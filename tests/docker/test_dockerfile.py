@@ -154,10 +154,13 @@ def test_runtime_threads_sleep_when_idle(target):
         for args in (args for keyword, args in _runtime(target) if keyword == "ENV")
         for item in args.split()
     )
-    threads = {k: v for k, v in env.items() if k in ("OMP_WAIT_POLICY", "INTRA_OP_SPINNING")}
+    names = ("OMP_WAIT_POLICY", "INTRA_OP_SPINNING", "THREAD_TUNING")
+    threads = {k: v for k, v in env.items() if k in names}
     settings = Settings.from_env(threads)
     assert (settings.omp_wait_policy, settings.intra_op_spinning) == ("PASSIVE", False)
+    assert settings.thread_tuning == "adaptive"
     assert (env["OMP_WAIT_POLICY"], env["INTRA_OP_SPINNING"]) == ("PASSIVE", "false")
+    assert env["THREAD_TUNING"] == "adaptive"
 
 
 def test_healthcheck_probes_health_without_curl():

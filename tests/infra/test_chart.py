@@ -294,7 +294,8 @@ def test_configmap_carries_valid_server_settings(rendered):
     _, manifests = rendered
     config = find(manifests, "ConfigMap", name="nlu-uninlu")
     design_settings = {
-        "MODEL_PATH", "PORT", "WARMUP_TEXT", "DEVICE", "TORCH_THREADS", "OMP_WAIT_POLICY",
+        "MODEL_PATH", "PORT", "WARMUP_TEXT", "DEVICE", "TORCH_THREADS", "THREAD_TUNING",
+        "OMP_WAIT_POLICY",
         "INTRA_OP_SPINNING", "MAX_TEXT_CHARS",
         "MAX_SCHEMA_NODES", "MAX_SCHEMA_DEPTH", "MAX_BATCH_TOKENS", "BATCH_WAIT_MS", "MAX_QUEUE",
         "LOG_LEVEL", "LOG_FORMAT", "GRACEFUL_SHUTDOWN_SECONDS", "REQUEST_TIMEOUT_SECONDS",
@@ -304,6 +305,7 @@ def test_configmap_carries_valid_server_settings(rendered):
     assert (settings.model_path, settings.port) == ("/models/uninlu", 7860)
     # Thread waits sleep: two threads keep working when a neighbour takes a core (issue 14).
     assert (settings.omp_wait_policy, settings.intra_op_spinning) == ("PASSIVE", False)
+    assert settings.thread_tuning == "adaptive"  # torch drops to 1 thread while that is faster
     server = _server(manifests)
     assert server["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
 
@@ -581,10 +583,16 @@ def test_optional_kinds_can_be_turned_off():
 
 
 def test_thread_settings_come_from_values():
-    values = {"server": {"ompWaitPolicy": "ACTIVE", "intraOpSpinning": True}}
+    values = {
+        "server": {"ompWaitPolicy": "ACTIVE", "intraOpSpinning": True, "threadTuning": "fixed"}
+    }
     data = find(render_chart(values), "ConfigMap")["data"]
     assert (data["OMP_WAIT_POLICY"], data["INTRA_OP_SPINNING"]) == ("ACTIVE", "true")
+    assert data["THREAD_TUNING"] == "fixed"
     settings = Settings.from_env(data)
     assert (settings.omp_wait_policy, settings.intra_op_spinning) == ("ACTIVE", True)
+    assert settings.thread_tuning == "fixed"
     with pytest.raises(ChartError, match="ompWaitPolicy"):
         render_chart({"server": {"ompWaitPolicy": "spin"}})
+    with pytest.raises(ChartError, match="threadTuning"):
+        render_chart({"server": {"threadTuning": "auto"}})
