@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 
+from bench import stats
+
 
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f}"
@@ -165,7 +167,9 @@ def markdown(results: dict) -> str:
         "",
         f"Checkpoint: {results['model']} ; mix: {results['mix_size']} single-level examples, "
         f"{results['flops_per_request_gflop']:.1f} GFLOP per request on average ; "
-        f"{results['step_seconds']:g} s per offered rate (Poisson arrivals).",
+        f"{results['step_seconds']:g} s per offered rate, longer below "
+        f"{stats.MIN_STEP_REQUESTS / results['step_seconds']:g} r/s so a step averages "
+        f"{stats.MIN_STEP_REQUESTS} arrivals (Poisson).",
         f"Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), "
         f"fp32 matmul peak {machine['matmul_peak_gflops']:.0f} GFLOP/s "
         f"({machine['matmul_peak_threads']} threads); load average at start "

@@ -19,6 +19,16 @@ class Sample:
     body_index: int = -1  # which body of the mix was sent (to add up its model FLOPs)
 
 
+# Fewest requests one step sends on average: at 0.5 r/s a 15 s step would hold 7, and its p95
+# and throughput would be those of a handful of draws.
+MIN_STEP_REQUESTS = 30
+
+
+def step_duration(rate: float, step_seconds: float) -> float:
+    """A step lasts `step_seconds`, longer at low rates so it holds MIN_STEP_REQUESTS arrivals."""
+    return max(step_seconds, MIN_STEP_REQUESTS / rate)
+
+
 def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(np.asarray(values, dtype=float), q)) if values else None
 

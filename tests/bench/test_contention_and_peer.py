@@ -77,11 +77,17 @@ def test_the_hog_keeps_its_core_busy_and_ends_itself():
 
 
 def test_contended_ladder_adds_the_halves_and_the_share_is_relative():
-    assert contended_rates([3, 4, 6]) == [1.5, 2, 3, 4, 6]
+    assert contended_rates([3, 4, 6]) == [1.5, 2, 2.25, 3, 4, 4.5, 6]
     quiet = {"max_under_slo": {"throughput_rps": 10.0}}
     assert stats.retained_share(quiet, {"max_under_slo": {"throughput_rps": 4.5}}) == 0.45
     assert stats.retained_share(quiet, {"max_under_slo": None}) == 0.0
     assert stats.retained_share({"max_under_slo": None}, quiet) is None
+
+
+def test_slow_steps_last_long_enough_for_their_share_of_requests():
+    assert stats.step_duration(6, 15) == 15
+    assert stats.step_duration(0.5, 15) == 2 * stats.MIN_STEP_REQUESTS
+    assert stats.step_duration(1, 15) >= stats.MIN_STEP_REQUESTS
 
 
 def test_flags_add_the_contended_runs_and_the_peer():
