@@ -198,6 +198,7 @@ class Server(_Model):
 
     device: Literal["auto", "cpu", "cuda"] | None = None
     torch_threads: int | None = Field(None, ge=1)
+    thread_tuning: Literal["adaptive", "fixed"] | None = None
     omp_wait_policy: Literal["ACTIVE", "PASSIVE"] | None = None
     intra_op_spinning: bool | None = None
     max_text_chars: int | None = Field(None, ge=1)

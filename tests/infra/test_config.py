@@ -131,6 +131,10 @@ CASES = {
         {"overrides": {"server": {**prod_value("server"), "requestTimeoutSeconds": 0}}},
         ["uninlu:server.requestTimeoutSeconds", "greater than 0"],
     ),
+    "unknown thread tuning": (
+        {"overrides": {"server": {**prod_value("server"), "threadTuning": "auto"}}},
+        ["uninlu:server.threadTuning", "'adaptive' or 'fixed'"],
+    ),
     "unknown image runtime": (
         {"overrides": with_changes("image", runtime="tensorrt")},
         ["uninlu:image.runtime", "'onnx', 'onnx-int8' or 'torch'"],
