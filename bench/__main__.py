@@ -48,7 +48,7 @@ def configurations(threads: int) -> list[Config]:
     # up to where int8 does; every ladder holds the common rate (3 r/s), and steps below it so a
     # slow machine still has a rate within the SLO.
     fp32 = [1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12]
-    ladder = [2, 3, 4, 6, 8, 10, 12, 14, 16, 18, 21, 24]
+    ladder = [2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 18, 21, 24]
     return [
         Config(
             "baseline",
@@ -220,6 +220,33 @@ def run_ladder(server, rates, args, bodies, body_flops, peak, min_rate) -> dict:
     }
 
 
+def run_saturation(server, args, bodies, body_flops, peak) -> dict | None:
+    """Closed loop (`--saturation-clients` clients back to back): the configuration's capacity,
+    which the SLO does not cut off; None when turned off."""
+    if not args.saturation_clients:
+        return None
+    samples = loadgen.run_closed_loop(
+        server.base_url,
+        bodies,
+        args.saturation_clients,
+        args.saturation_seconds,
+        seed=args.saturation_clients,
+        timeout=args.timeout,
+    )
+    step = stats.summarise(samples, 0.0, args.saturation_seconds)
+    done = sum(body_flops[s.body_index] for s in samples if s.status == 200)
+    step["clients"] = args.saturation_clients
+    step["model_gflops"] = done / step["window_s"] / 1e9
+    step["flop_utilisation_pct"] = 100 * step["model_gflops"] / peak
+    print(
+        f"   saturated ({args.saturation_clients} clients back to back): "
+        f"{step['throughput_rps']:.2f} r/s, p50 {step['p50_s']:.3f} s, errors {step['errors']}, "
+        f"{step['flop_utilisation_pct']:.0f} % of the matmul peak",
+        flush=True,
+    )
+    return step
+
+
 def server_command(config: Config) -> list[str] | None:
     """The peer runs its own server in its own venv; every other configuration `python -m app`."""
     return peer.command(peer.ensure_venv()) if config.peer else None
@@ -240,13 +267,16 @@ def run_config(config: Config, args, bodies, body_flops, examples, peak, log_dir
     with ServerProcess(env, log_path, without_torch=config.onnx, command=command) as server:
         print(f"   ready after {server.ready_s:.1f} s", flush=True)
         outputs = probe_outputs(server.base_url, examples)
-        quiet = run_ladder(server, config.rates, args, bodies, body_flops, peak, args.common_rate)
+        ladder = config.rates if args.ladders else []
+        quiet = run_ladder(server, ladder, args, bodies, body_flops, peak, args.common_rate)
+        quiet["saturated"] = run_saturation(server, args, bodies, body_flops, peak)
         contended = None
         if args.contention:
             with CpuHog() as hog:
                 print(f"   -- again with a CPU hog on core {hog.core}", flush=True)
-                rates = contended_rates(config.rates)
+                rates = contended_rates(ladder)
                 contended = run_ladder(server, rates, args, bodies, body_flops, peak, 0)
+                contended["saturated"] = run_saturation(server, args, bodies, body_flops, peak)
                 contended["hog_core"] = hog.core
                 contended["hog_ran_throughout"] = hog.running()
         rss = server.peak_rss()
@@ -270,6 +300,7 @@ def run_config(config: Config, args, bodies, body_flops, examples, peak, log_dir
     if contended is not None:
         result["contended"] = contended
         result["retained_share"] = stats.retained_share(quiet, contended)
+        result["retained_capacity"] = stats.retained_capacity(quiet, contended)
     return result
 
 
@@ -294,6 +325,21 @@ def parse_args(argv):
         "--peer",
         action="store_true",
         help="add the ModelScope peer (builds .venv-peer on first use)",
+    )
+    p.add_argument(
+        "--ladders",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the open-loop rate ladders (--no-ladders: only the probe and the saturated steps)",
+    )
+    p.add_argument(
+        "--saturation-clients",
+        type=int,
+        default=4,
+        help="closed-loop clients of the saturated step, quiet and contended (0: no such step)",
+    )
+    p.add_argument(
+        "--saturation-seconds", type=float, default=30.0, help="duration of the saturated step"
     )
     p.add_argument(
         "--kernel-sweep",

@@ -80,3 +80,35 @@ async def open_loop(
 
 def run_open_loop(base_url: str, bodies: list[dict], rate: float, duration: float, **kw):
     return asyncio.run(open_loop(base_url, bodies, rate, duration, **kw))
+
+
+async def closed_loop(
+    base_url: str,
+    bodies: list[dict],
+    clients: int,
+    duration: float,
+    seed: int = 0,
+    timeout: float = 30.0,
+    path: str = "/predict",
+) -> list[Sample]:
+    """`clients` clients, each sending its next body (drawn at random, seeded) as soon as its
+    previous answer came, for `duration` seconds: the server always has work, so the answers per
+    second are its capacity (saturated throughput), whatever the latency."""
+    check_loopback(base_url)
+    rng = np.random.default_rng(seed)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    samples: list[Sample] = []
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits) as client:
+        t0 = time.perf_counter()
+
+        async def one_client() -> None:
+            while time.perf_counter() - t0 < duration:
+                pick = int(rng.integers(0, len(bodies)))
+                samples.append(await _one(client, path, bodies[pick], pick, t0))
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+    return samples
+
+
+def run_closed_loop(base_url: str, bodies: list[dict], clients: int, duration: float, **kw):
+    return asyncio.run(closed_loop(base_url, bodies, clients, duration, **kw))

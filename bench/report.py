@@ -51,18 +51,20 @@ def summary_table(results: dict) -> str:
     common = results.get("common_rate")
     lines = [
         f"| config | max r/s with p95 <= {results['slo_p95_s']:g} s and no error | "
-        f"p95 ms at {_num(common, 'g')} r/s | start-up to ready s | peak RSS MiB | "
-        "best % of matmul peak | 5xx answers | output agreement vs torch fp32 |",
-        "|---|---|---|---|---|---|---|---|",
+        f"p95 ms at {_num(common, 'g')} r/s | saturated r/s | start-up to ready s | "
+        "peak RSS MiB | best % of matmul peak | 5xx answers | output agreement vs torch fp32 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for config in results["configs"]:
         best = config.get("max_under_slo")
         at_common = next((s for s in config["steps"] if s["offered_rps"] == common), None)
         agreement = config.get("agreement") or {}
-        utilisation = [s.get("flop_utilisation_pct") or 0.0 for s in config["steps"]]
+        steps = [*config["steps"], *([config["saturated"]] if config.get("saturated") else [])]
+        utilisation = [s.get("flop_utilisation_pct") or 0.0 for s in steps]
         lines.append(
             f"| {config['name']} | {_num(best['throughput_rps'], '.2f') if best else 'none'} | "
-            f"{_ms(at_common['p95_s']) if at_common else '-'} | {_num(config.get('ready_s'))} | "
+            f"{_ms(at_common['p95_s']) if at_common else '-'} | {_saturated(config)} | "
+            f"{_num(config.get('ready_s'))} | "
             f"{_num(config.get('peak_rss_bytes', 0) / 2**20, '.0f')} | "
             f"{_num(max(utilisation, default=None))}"
             f" | {config.get('server_errors_5xx', '-')} | {agreement.get('summary', '-')} |"
@@ -104,19 +106,27 @@ def contention_table(results: dict) -> str:
     slo = results["slo_p95_s"]
     lines = [
         f"| config | quiet r/s within p95 <= {slo:g} s | with a core taken r/s | retained | "
+        "saturated r/s quiet | saturated with a core taken | retained capacity | "
         "errors with a core taken |",
-        "|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for config in results["configs"]:
         contended = config.get("contended")
         if contended is None:
             continue
         errors = sum(s["errors"] for s in contended["steps"])
+        errors += (contended.get("saturated") or {}).get("errors", 0)
         lines.append(
             f"| {config['name']} | {_best(config)} | {_best(contended)} | "
-            f"{_pct(config.get('retained_share'))} | {errors} |"
+            f"{_pct(config.get('retained_share'))} | {_saturated(config)} | "
+            f"{_saturated(contended)} | {_pct(config.get('retained_capacity'))} | {errors} |"
         )
     return "\n".join(lines)
+
+
+def _saturated(run: dict) -> str:
+    step = run.get("saturated")
+    return "-" if not step else f"{step['throughput_rps']:.2f}"
 
 
 def peer_table(results: dict) -> str:

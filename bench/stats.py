@@ -80,3 +80,12 @@ def retained_share(quiet: dict, contended: dict) -> float | None:
         return None
     best = contended.get("max_under_slo")
     return best["throughput_rps"] / quiet["max_under_slo"]["throughput_rps"] if best else 0.0
+
+
+def retained_capacity(quiet: dict, contended: dict) -> float | None:
+    """Saturated throughput (closed loop) with a core taken, as a share of the quiet one: what a
+    taken core leaves of a pod's capacity, with no SLO cutting it off (None without both)."""
+    q, c = quiet.get("saturated"), contended.get("saturated")
+    if not q or not c or not q["throughput_rps"]:
+        return None
+    return c["throughput_rps"] / q["throughput_rps"]

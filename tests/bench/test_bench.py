@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -119,6 +120,53 @@ def test_open_loop_against_a_loopback_server_records_every_request():
     assert step["errors"] == step["errors_by_kind"]["500"] > 0
     borrowed = sum(1 for s in samples if bodies[s.body_index]["text"] == "borrow")
     assert step["already_borrowed"] == borrowed > 0
+
+
+class _SlowHandler(_Handler):
+    """Each answer takes 50 ms and the handler notes the most requests it held at once."""
+
+    lock = threading.Lock()
+    inside = 0
+    most_inside = 0
+
+    def do_POST(self):
+        cls = type(self)
+        with cls.lock:
+            cls.inside += 1
+            cls.most_inside = max(cls.most_inside, cls.inside)
+        time.sleep(0.05)
+        with cls.lock:
+            cls.inside -= 1
+        super().do_POST()
+
+
+def test_closed_loop_keeps_each_client_busy_back_to_back():
+    """3 clients against a 50 ms server for 1 s: never more than 3 requests at once, each client
+    sends again as soon as its answer came, so about 3 / 0.05 = 60 answers (at least 20 with
+    HTTP overhead; a client that waited would send far fewer), and the summary's throughput is
+    the server's answer rate."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        bodies = [{"text": "ok", "schema": {}}]
+        samples = loadgen.run_closed_loop(url, bodies, clients=3, duration=1.0)
+    finally:
+        server.shutdown()
+    assert _SlowHandler.most_inside == 3
+    assert 20 <= len(samples) <= 66
+    assert all(s.status == 200 and s.latency >= 0.05 for s in samples)
+    assert max(s.sent_at for s in samples) < 1.0  # nothing is sent after the duration
+    step = stats.summarise(samples, 0.0, 1.0)
+    assert step["throughput_rps"] == len(samples) / step["window_s"]
+
+
+def test_retained_capacity_compares_the_saturated_steps():
+    quiet = {"saturated": {"throughput_rps": 8.0}}
+    assert stats.retained_capacity(quiet, {"saturated": {"throughput_rps": 4.0}}) == 0.5
+    assert stats.retained_capacity(quiet, {"saturated": None}) is None
+    assert stats.retained_capacity({}, quiet) is None
 
 
 def _results():

@@ -138,8 +138,10 @@ def test_report_shows_padding_contention_and_the_peer():
         "name": "onnx",
         **_ladder(6.0, 0.4),
         "padded_share": {"encode": 0.12, "score": 0.3, "all": 0.2},
-        "contended": _ladder(3.0, 0.8),
+        "saturated": {"throughput_rps": 8.0, "errors": 0},
+        "contended": {**_ladder(3.0, 0.8), "saturated": {"throughput_rps": 4.4, "errors": 1}},
         "retained_share": 0.5,
+        "retained_capacity": 0.55,
         "peak_rss_bytes": 0,
     }
     the_peer = {"name": "peer", **_ladder(2.0, 1.5, errors=7, borrowed=5), "peak_rss_bytes": 0}
@@ -161,7 +163,7 @@ def test_report_shows_padding_contention_and_the_peer():
     text = report.markdown(results)
     assert "| onnx | 12 % | 30 % | 20 % |" in text
     assert "| peer | - | - | - |" in text
-    assert "| onnx | 6.00 | 3.00 | 50 % | 0 |" in text
+    assert "| onnx | 6.00 | 3.00 | 50 % | 8.00 | 4.40 | 55 % | 1 |" in text
     assert "| onnx | 6.00 | 3.0 | 400 | 0 | 0 |" in text
     assert "| peer | 2.00 | 1.0 | 1500 | 7 | 5 |" in text
 
