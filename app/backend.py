@@ -74,48 +74,46 @@ class TorchBackend:
         self.name = f"torch-{precision}" + ("-cuda" if self.device.type == "cuda" else "")
 
     def encode(self, windows: list[list[int]]) -> list[object]:
-        return self._tuned("encode", self._encode, windows)
+        return self._tuned("encode", sum(map(len, windows)), self._encode, windows)
 
     def score(self, rows: list[PromptRow]) -> list[tuple[np.ndarray, np.ndarray]]:
-        return self._tuned("score", self._score, rows)
+        tokens = sum(int(r.text_state.shape[0]) + len(r.prompt_ids) for r in rows)
+        return self._tuned("score", tokens, self._score, rows)
 
-    def _tuned(self, stage: str, run, inputs: list):
-        """`run(inputs)` -> (results, padded tokens) with the tuner's thread count, timed."""
+    def _tuned(self, stage: str, tokens: int, run, inputs: list):
+        """`run(inputs)` with the tuner's thread count for a call of `tokens` tokens, timed."""
         if self.tuner is None or not inputs:
-            return run(inputs)[0]
-        threads = self.tuner.pick(stage)
+            return run(inputs)
+        threads = self.tuner.pick(stage, tokens)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         started = time.perf_counter()
-        results, tokens = run(inputs)
-        self.tuner.record(stage, threads, time.perf_counter() - started, tokens)
+        results = run(inputs)
+        self.tuner.record(stage, tokens, threads, time.perf_counter() - started)
         self.threads_used[stage] = threads
         return results
 
     @torch.inference_mode()
-    def _encode(self, windows: list[list[int]]) -> tuple[list[object], int]:
+    def _encode(self, windows: list[list[int]]) -> list[object]:
         states: list[object] = [None] * len(windows)
-        tokens = 0
         for group in length_groups([len(w) for w in windows]):
             ids, mask = _pad_ids([windows[i] for i in group], self.device)
-            tokens += ids.numel()
             positions = torch.arange(ids.shape[1], device=self.device).expand_as(ids)
             hidden = self.model.encode(ids, mask, token_type=0, position_ids=positions)
             for k, i in enumerate(group):
                 states[i] = hidden[k, : len(windows[i])]
-        return states, tokens
+        return states
 
     @torch.inference_mode()
-    def _score(self, rows: list[PromptRow]) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    def _score(self, rows: list[PromptRow]) -> list[tuple[np.ndarray, np.ndarray]]:
         if not rows:
-            return [], 0
+            return []
         # First half: all prompts at once (they are short and of similar length).
         ids, mask = _pad_ids([r.prompt_ids for r in rows], self.device)
         offsets = torch.tensor([r.position_offset for r in rows], device=self.device)
         positions = offsets[:, None] + torch.arange(ids.shape[1], device=self.device)[None, :]
         positions = positions.masked_fill(~mask, 0)  # padding: any valid index, it is masked
         prompts = self.model.encode(ids, mask, token_type=1, position_ids=positions)
-        tokens = ids.numel()
         # Cross half: each row packed as [its text ; its prompt] with no padding in between.
         # Attention in the cross stack has no position terms, so this equals ModelScope's
         # [padded text ; padded prompt] layout up to masked padding, which is never attended.
@@ -130,7 +128,6 @@ class TorchBackend:
                 ],
                 batch_first=True,
             )
-            tokens += packed.shape[0] * packed.shape[1]
             lengths = torch.tensor([totals[i] for i in group])
             cross_mask = torch.arange(packed.shape[1])[None, :] < lengths[:, None]
             head, tail = self.model.cross(packed, cross_mask.to(self.device))
@@ -139,7 +136,7 @@ class TorchBackend:
             for k, i in enumerate(group):
                 n = text_lens[i]
                 results[i] = (head[k, :n].copy(), tail[k, :n].copy())
-        return results, tokens
+        return results
 
 
 def resolve_device(device: str = "auto") -> torch.device:

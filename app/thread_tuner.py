@@ -2,31 +2,30 @@
 
 Why: with N threads on a pod's N cores, a core that another process takes (a noisy neighbour,
 CFS throttling under a CPU limit) stalls every parallel region at its barrier, and the event
-loop's thread competes for what is left: measured on 2 cores with a CPU hog on one, the torch
-server held 1.40 requests/s with 2 threads and 2.71 with 1, while 2 threads are about 1.5x as
-fast as 1 on a quiet machine. No fixed count is right for both, so the backend keeps a moving
-average of seconds per padded token for each candidate count, per stage (encode and score calls
-differ in shape), runs the faster one, and tries the other every `explore_every` calls of that
-stage so it notices when the neighbour leaves (about 3 % of the quiet speed at the default).
+loop's thread competes for what is left: measured on 2 cores with a CPU hog on one, a torch fp32
+request took 323 ms with 2 threads and 260 ms with 1, against 219 and 266 ms on a quiet machine.
+No fixed count is right for both, nor for every call: small calls gain little from a second
+thread, large batches a lot. So the backend keeps a moving average of seconds per token for each
+candidate count, per stage (encode, score) and size class (tokens in factors of 4), runs the
+faster count, and tries the other every `explore_every` calls of that class, so it notices when
+the neighbour leaves (about 3 % of the quiet speed at the default).
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 
-EXPLORE_EVERY = 16  # calls of one stage between two tries of the other thread count
+EXPLORE_EVERY = 16  # calls of one class between two tries of the other thread count
 SMOOTHING = 0.25  # weight of a new measurement in the moving average
 
 
-@dataclass
-class _Stage:
-    calls: int = 0
-    seconds_per_token: dict[int, float] = field(default_factory=dict)
+def size_class(tokens: int) -> int:
+    """Calls in the same range of tokens share their measurements: 128-511, 512-2047, ..."""
+    return max(int(tokens), 0).bit_length() // 2
 
 
 class ThreadTuner:
-    """`pick(stage)` before a model call, `record(stage, threads, seconds, tokens)` after it.
+    """`pick(stage, tokens)` before a model call, `record(stage, tokens, threads, seconds)` after.
 
     Candidates are `most` threads and 1; with `most` == 1 there is nothing to choose."""
 
@@ -38,37 +37,37 @@ class ThreadTuner:
         self.candidates = (most, 1) if most > 1 else (1,)
         self.explore_every = explore_every
         self.smoothing = smoothing
-        self._stages: dict[str, _Stage] = {}
+        self._calls: dict[tuple[str, int], int] = {}
+        self._cost: dict[tuple[str, int], dict[int, float]] = {}  # seconds per token
         self._lock = threading.Lock()
 
-    def pick(self, stage: str) -> int:
-        """The thread count for the next call of `stage`: each candidate once, then the faster
-        one, and the slower one every `explore_every` calls."""
+    def pick(self, stage: str, tokens: int) -> int:
+        """The thread count for the next call: each candidate once, then the faster one, and the
+        slower one every `explore_every` calls of the same stage and size class."""
+        key = (stage, size_class(tokens))
         with self._lock:
-            s = self._stages.setdefault(stage, _Stage())
-            s.calls += 1
+            calls = self._calls[key] = self._calls.get(key, 0) + 1
+            cost = self._cost.setdefault(key, {})
             for n in self.candidates:
-                if n not in s.seconds_per_token:
+                if n not in cost:
                     return n
-            ranked = sorted(self.candidates, key=s.seconds_per_token.__getitem__)
-            return ranked[-1] if s.calls % self.explore_every == 0 else ranked[0]
+            ranked = sorted(self.candidates, key=cost.__getitem__)
+            return ranked[-1] if calls % self.explore_every == 0 else ranked[0]
 
-    def record(self, stage: str, threads: int, seconds: float, tokens: int) -> None:
-        """One call's wall time for `tokens` padded tokens (calls without tokens say nothing)."""
+    def record(self, stage: str, tokens: int, threads: int, seconds: float) -> None:
+        """One call's wall time (calls without tokens say nothing)."""
         if tokens <= 0 or seconds < 0 or threads not in self.candidates:
             return
-        cost = seconds / tokens
+        per_token = seconds / tokens
         with self._lock:
-            s = self._stages.setdefault(stage, _Stage())
-            old = s.seconds_per_token.get(threads)
-            s.seconds_per_token[threads] = (
-                cost if old is None else old + self.smoothing * (cost - old)
-            )
+            cost = self._cost.setdefault((stage, size_class(tokens)), {})
+            old = cost.get(threads)
+            cost[threads] = per_token if old is None else old + self.smoothing * (per_token - old)
 
-    def preferred(self, stage: str) -> int | None:
-        """The count the tuner runs now for `stage` (None before both were measured)."""
+    def preferred(self, stage: str, tokens: int) -> int | None:
+        """The count the tuner runs now for such a call (None before both were measured)."""
         with self._lock:
-            s = self._stages.get(stage)
-            if s is None or len(s.seconds_per_token) < len(self.candidates):
+            cost = self._cost.get((stage, size_class(tokens)), {})
+            if len(cost) < len(self.candidates):
                 return None
-            return min(self.candidates, key=s.seconds_per_token.__getitem__)
+            return min(self.candidates, key=cost.__getitem__)

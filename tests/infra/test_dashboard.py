@@ -32,6 +32,7 @@ def test_panels_cover_the_operators_questions():
         "Queue wait",
         "Batch size",
         "Inference time by stage",
+        "Backend threads",
         "Rejections by reason",
         "In-flight requests",
         "Model load time",
