@@ -176,6 +176,14 @@ def contended_rates(rates: list[float]) -> list[float]:
     return sorted({r / 2 for r in rates} | {r * 3 / 4 for r in rates} | set(rates))
 
 
+def flop_figures(samples, window_s: float, body_flops, peak: float) -> dict:
+    """The model's useful work in a step: GFLOP/s of the answered requests and its share of the
+    matmul peak (padding and failed requests count for nothing)."""
+    done = sum(body_flops[s.body_index] for s in samples if s.status == 200)
+    gflops = done / window_s / 1e9
+    return {"model_gflops": gflops, "flop_utilisation_pct": 100 * gflops / peak}
+
+
 def run_ladder(server, rates, args, bodies, body_flops, peak, min_rate) -> dict:
     """Rising open-loop rates until p95 breaks the SLO (at or above `min_rate`): the steps, the
     best step within the SLO and the padded-token share of all steps together."""
@@ -201,9 +209,7 @@ def run_ladder(server, rates, args, bodies, body_flops, peak, min_rate) -> dict:
         rows = after["batch"][0] - before["batch"][0]
         step["mean_batch_size"] = rows / calls if calls else None
         step["padded_share"] = padded_share(before, after).get("all")
-        done = sum(body_flops[s.body_index] for s in samples if s.status == 200)
-        step["model_gflops"] = done / step["window_s"] / 1e9
-        step["flop_utilisation_pct"] = 100 * step["model_gflops"] / peak
+        step.update(flop_figures(samples, step["window_s"], body_flops, peak))
         steps.append(step)
         print(
             f"   {rate:>5g} r/s offered: {step['throughput_rps']:.2f} r/s, p50 "
@@ -234,10 +240,8 @@ def run_saturation(server, args, bodies, body_flops, peak) -> dict | None:
         timeout=args.timeout,
     )
     step = stats.summarise(samples, 0.0, args.saturation_seconds)
-    done = sum(body_flops[s.body_index] for s in samples if s.status == 200)
     step["clients"] = args.saturation_clients
-    step["model_gflops"] = done / step["window_s"] / 1e9
-    step["flop_utilisation_pct"] = 100 * step["model_gflops"] / peak
+    step.update(flop_figures(samples, step["window_s"], body_flops, peak))
     print(
         f"   saturated ({args.saturation_clients} clients back to back): "
         f"{step['throughput_rps']:.2f} r/s, p50 {step['p50_s']:.3f} s, errors {step['errors']}, "

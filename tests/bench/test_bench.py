@@ -169,6 +169,16 @@ def test_retained_capacity_compares_the_saturated_steps():
     assert stats.retained_capacity({}, quiet) is None
 
 
+def test_flop_figures_count_only_answered_requests():
+    from bench.__main__ import flop_figures
+
+    samples = [Sample(0, 0.1, 200, body_index=0), Sample(0, 0.1, 200, body_index=1)]
+    samples += [Sample(0, 0.1, 503, body_index=1), Sample(0, 0.1, 0, "timeout", body_index=0)]
+    figures = flop_figures(samples, 2.0, body_flops=[10e9, 30e9], peak=100.0)
+    assert figures["model_gflops"] == pytest.approx(20.0)  # (10 + 30) GFLOP over 2 s
+    assert figures["flop_utilisation_pct"] == pytest.approx(20.0)
+
+
 def _results():
     steps = [
         {
