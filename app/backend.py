@@ -16,7 +16,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from app.model import SiameseUniNLU, load_model
-from app.padding import length_groups
+from app.padding import length_groups, padding_of
 from app.thread_tuner import ThreadTuner
 from app.tokenizer import load_tokenizer
 
@@ -70,6 +70,7 @@ class TorchBackend:
         self.dtype = dtype
         self.tuner = tuner
         self.threads_used: dict[str, int] = {}  # stage -> threads of its last call
+        self.padding_added: dict[str, int] = {}  # stage -> padding tokens of its last call
         precision = "fp16" if dtype == torch.float16 else "fp32"
         self.name = f"torch-{precision}" + ("-cuda" if self.device.type == "cuda" else "")
 
@@ -83,6 +84,7 @@ class TorchBackend:
     def _tuned(self, stage: str, tokens: int, run, inputs: list):
         """`run(inputs)` with the tuner's thread count for a call of `tokens` tokens, timed."""
         if self.tuner is None or not inputs:
+            self.threads_used[stage] = torch.get_num_threads()
             return run(inputs)
         threads = self.tuner.pick(stage, tokens)
         if torch.get_num_threads() != threads:
@@ -96,7 +98,10 @@ class TorchBackend:
     @torch.inference_mode()
     def _encode(self, windows: list[list[int]]) -> list[object]:
         states: list[object] = [None] * len(windows)
-        for group in length_groups([len(w) for w in windows]):
+        lengths = [len(w) for w in windows]
+        groups = length_groups(lengths)
+        self.padding_added["encode"] = padding_of(lengths, groups)
+        for group in groups:
             ids, mask = _pad_ids([windows[i] for i in group], self.device)
             positions = torch.arange(ids.shape[1], device=self.device).expand_as(ids)
             hidden = self.model.encode(ids, mask, token_type=0, position_ids=positions)
@@ -120,7 +125,12 @@ class TorchBackend:
         text_lens = [int(r.text_state.shape[0]) for r in rows]
         totals = [t + len(r.prompt_ids) for t, r in zip(text_lens, rows, strict=True)]
         results: list = [None] * len(rows)
-        for group in length_groups(totals):
+        groups = length_groups(totals)
+        prompt_lens = [len(r.prompt_ids) for r in rows]
+        self.padding_added["score"] = padding_of(prompt_lens, [list(range(len(rows)))]) + (
+            padding_of(totals, groups)
+        )
+        for group in groups:
             packed = pad_sequence(
                 [
                     torch.cat((rows[i].text_state, prompts[i, : len(rows[i].prompt_ids)]))

@@ -366,7 +366,6 @@ class Batcher:
     def _call(self, stage: str, call: Callable, chunk: list[_Item], failed: dict) -> None:
         """One backend call; its results go to their tasks, a failure to every task in it."""
         real = sum(it.tokens for it in chunk)
-        padded = len(chunk) * max(it.tokens for it in chunk)
         started = time.perf_counter()
         try:
             outputs = call([it.payload for it in chunk])
@@ -382,7 +381,7 @@ class Batcher:
         if self.metrics:
             self.metrics.batch_size.observe(len({id(it.task) for it in chunk}))
             self.metrics.backend_tokens.labels(stage, "real").inc(real)
-            self.metrics.backend_tokens.labels(stage, "padded").inc(padded - real)
+            self.metrics.backend_tokens.labels(stage, "padded").inc(self._padding(stage, chunk))
             threads = getattr(self.backend, "threads_used", {}).get(stage)
             if threads is not None:
                 self.metrics.backend_threads.labels(stage).set(threads)
@@ -392,6 +391,14 @@ class Batcher:
             task.missing -= 1
             task.job.usage.tokens += it.tokens
             task.job.usage.rows += int(stage == "score")
+
+    def _padding(self, stage: str, chunk: list[_Item]) -> int:
+        """Padding tokens of the call just made: what the backend reports of its length groups,
+        or, for a backend that pads the whole call to its longest row, that padding."""
+        reported = getattr(self.backend, "padding_added", {}).get(stage)
+        if reported is not None:
+            return reported
+        return len(chunk) * max(it.tokens for it in chunk) - sum(it.tokens for it in chunk)
 
     def _observe(self, stage: str, started: float) -> None:
         if self.metrics:

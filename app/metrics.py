@@ -97,7 +97,8 @@ class Metrics:
         self.backend_tokens = Counter(
             "uninlu_backend_tokens",
             "Tokens in the backend calls the batcher formed, by stage (encode|score) and kind: "
-            "real (text or prompt tokens) or padded (padding up to the call's longest row)",
+            "real (text or prompt tokens) or padded (the padding the backend added: each length "
+            "group of a call padded to its longest row, prompts to the longest prompt)",
             ("stage", "kind"),
             registry=r,
         )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.errors import CheckpointError
-from app.padding import length_groups
+from app.padding import length_groups, padding_of
 
 if TYPE_CHECKING:
     from app.pipeline import PromptRow
@@ -85,6 +85,7 @@ class OnnxBackend:
         self.name = name
         self.threads = options.intra_op_num_threads
         self.threads_used = {"encode": self.threads, "score": self.threads}  # fixed
+        self.padding_added: dict[str, int] = {}  # stage -> padding tokens of its last call
 
     def _encode(self, ids: np.ndarray, mask: np.ndarray, token_type: int, positions: np.ndarray):
         feeds = {
@@ -97,7 +98,10 @@ class OnnxBackend:
 
     def encode(self, windows: list[list[int]]) -> list[object]:
         out: list[object] = [None] * len(windows)
-        for group in length_groups([len(w) for w in windows]):  # little padding per call
+        lengths = [len(w) for w in windows]
+        groups = length_groups(lengths)  # little padding per call
+        self.padding_added["encode"] = padding_of(lengths, groups)
+        for group in groups:
             ids, mask, lengths = _pad([windows[i] for i in group])
             positions = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
             states = self._encode(ids, mask, 0, positions)
@@ -117,7 +121,11 @@ class OnnxBackend:
         text_lens = [int(r.text_state.shape[0]) for r in rows]
         totals = [t + int(p) for t, p in zip(text_lens, prompt_lens, strict=True)]
         results: list = [None] * len(rows)
-        for group in length_groups(totals):
+        groups = length_groups(totals)
+        self.padding_added["score"] = padding_of(
+            [int(p) for p in prompt_lens], [list(range(len(rows)))]
+        ) + (padding_of(totals, groups))
+        for group in groups:
             width = max(totals[i] for i in group)
             packed = np.zeros((len(group), width, prompts.shape[2]), dtype=np.float32)
             for k, i in enumerate(group):

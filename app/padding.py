@@ -46,3 +46,8 @@ def token_batches(lengths: list[int], budget: int | None) -> list[list[int]]:
     if current:
         calls.append(current)
     return calls
+
+
+def padding_of(lengths: list[int], groups: list[list[int]]) -> int:
+    """Padding tokens a backend feeds when each group is padded to its longest member."""
+    return sum(len(g) * max(lengths[i] for i in g) - sum(lengths[i] for i in g) for g in groups)

@@ -58,12 +58,13 @@ class Settings:
         None, "TORCH_THREADS", "intra-op threads for torch; unset = torch's default (all cores)"
     )
     thread_tuning: str = _setting(
-        "adaptive",
+        "fixed",
         "THREAD_TUNING",
-        "adaptive | fixed: adaptive lets the torch backends run each model call with TORCH_THREADS "
-        "or 1 thread, whichever its recent calls measured faster (app/thread_tuner.py), so a "
-        "core taken by a neighbour or the CPU limit does not stall every call; fixed always "
-        "runs TORCH_THREADS. ONNX backends keep their thread count",
+        "fixed | adaptive: fixed always runs TORCH_THREADS (the most capacity, quiet or with a "
+        "core taken, measured in bench/README.md); adaptive lets the torch backends run each "
+        "model call with TORCH_THREADS or 1 thread, whichever its recent calls measured faster "
+        "(app/thread_tuner.py): lower latency at low load while a neighbour takes a core, about "
+        "13 % less capacity. ONNX backends keep their thread count",
     )
     omp_wait_policy: str = _setting(
         "PASSIVE",

@@ -57,20 +57,20 @@ def configurations(threads: int) -> list[Config]:
             [1, 1.5, 2, 3, 4, 5, 6],
         ),
         Config(
-            "torch-fixed",
-            "torch fp32, batching, always TORCH_THREADS (THREAD_TUNING=fixed: what adaptive buys)",
-            {**common, "BACKEND": "torch", "THREAD_TUNING": "fixed"},
-            fp32,
-        ),
-        Config(
             "torch",
-            "torch fp32, batching, adaptive threads (TORCH_THREADS or 1 per call)",
+            "torch fp32, batching, always TORCH_THREADS (THREAD_TUNING=fixed, the default)",
             {**common, "BACKEND": "torch"},
             fp32,
         ),
         Config(
+            "torch-adaptive",
+            "torch fp32, batching, adaptive threads (THREAD_TUNING=adaptive: TORCH_THREADS or 1)",
+            {**common, "BACKEND": "torch", "THREAD_TUNING": "adaptive"},
+            fp32,
+        ),
+        Config(
             "torch-int8",
-            "torch dynamic int8 linears, batching, adaptive threads",
+            "torch dynamic int8 linears, batching",
             {**common, "BACKEND": "torch-int8"},
             ladder,
         ),

@@ -71,7 +71,9 @@ def model(tiny_model_dir):
 
 def make(model, **kw) -> tuple[Batcher, RecordingBackend, Metrics]:
     backend, tokenizer = model
-    recorder = RecordingBackend(backend, kw.pop("fail_on", None), kw.pop("gate_at", None))
+    recorder = kw.pop("recorder", None) or RecordingBackend(
+        backend, kw.pop("fail_on", None), kw.pop("gate_at", None)
+    )
     metrics = Metrics()
     options = {
         "max_batch_tokens": 8192,
@@ -321,6 +323,46 @@ def test_a_short_request_behind_a_heavy_one_finishes_first(model, scheduler):
         for s in ("encode", "score")
     )
     assert real + padded == sum(tokens for _, _, tokens in recorder.calls) and real > padded
+
+
+class PaddingReporting(RecordingBackend):
+    """Passes on the real backend's report of the padding its length groups added, per call."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.reported: list[int] = []
+
+    @property
+    def padding_added(self) -> dict[str, int]:
+        return self.inner.padding_added
+
+    def encode(self, windows):
+        out = super().encode(windows)
+        self.reported.append(self.inner.padding_added["encode"])
+        return out
+
+    def score(self, rows):
+        out = super().score(rows)
+        self.reported.append(self.inner.padding_added["score"])
+        return out
+
+
+def test_padding_metric_counts_what_the_backend_padded_not_the_whole_call(model):
+    """A call mixing a several-window text with short ones: the backend pads each length group
+    to its own longest row, far less than padding every row to the call's longest."""
+    batcher, recorder, metrics = make(model, recorder=PaddingReporting(model[0]))
+    asyncio.run(gather_each(batcher, jobs()))
+    tokens = {
+        kind: sum(
+            counter(metrics, "uninlu_backend_tokens_total", stage=s, kind=kind)
+            for s in ("encode", "score")
+        )
+        for kind in ("real", "padded")
+    }
+    whole_call_padding = sum(t for _, _, t in recorder.calls) - tokens["real"]
+    assert len(recorder.reported) == len(recorder.calls)
+    assert tokens["padded"] == sum(recorder.reported)
+    assert 0 < tokens["padded"] < whole_call_padding / 2
 
 
 def test_the_legacy_scheduler_makes_the_short_request_wait_for_the_heavy_step(model):

@@ -327,6 +327,15 @@ def test_length_groups_bound_padding_and_cover_every_row():
     assert length_groups([]) == []
 
 
+def test_padding_of_counts_each_group_padded_to_its_longest():
+    from app.padding import padding_of
+
+    lengths = [10, 12, 100, 3]
+    assert padding_of(lengths, [[0, 1], [2], [3]]) == 2  # 10 padded to 12
+    assert padding_of(lengths, [[0, 1, 2, 3]]) == 4 * 100 - 125
+    assert padding_of(lengths, []) == 0
+
+
 def test_cuda_requested_without_cuda_is_a_clear_error(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="CUDA is not available"):

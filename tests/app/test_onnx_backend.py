@@ -71,6 +71,9 @@ def test_fp32_graphs_match_torch_on_a_mixed_batch(onnx_model_dir, torch_ref):
     want = torch_backend.score(_rows(torch_backend, tokenizer))
     got = onnx_backend.score(_rows(onnx_backend, tokenizer))
     assert len(got) == len(want) == 3
+    # Both group rows alike, so both report the same padding (uninlu_backend_tokens_total).
+    assert set(onnx_backend.padding_added) == {"encode", "score"}
+    assert onnx_backend.padding_added == torch_backend.padding_added
     for (gh, gt), (wh, wt) in zip(got, want, strict=True):
         assert gh.dtype == np.float32 and gh.shape == wh.shape
         np.testing.assert_allclose(gh, wh, atol=FP32_ATOL)

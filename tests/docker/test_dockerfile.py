@@ -158,9 +158,9 @@ def test_runtime_threads_sleep_when_idle(target):
     threads = {k: v for k, v in env.items() if k in names}
     settings = Settings.from_env(threads)
     assert (settings.omp_wait_policy, settings.intra_op_spinning) == ("PASSIVE", False)
-    assert settings.thread_tuning == "adaptive"
+    assert settings.thread_tuning == "fixed"
     assert (env["OMP_WAIT_POLICY"], env["INTRA_OP_SPINNING"]) == ("PASSIVE", "false")
-    assert env["THREAD_TUNING"] == "adaptive"
+    assert env["THREAD_TUNING"] == "fixed"
 
 
 def test_healthcheck_probes_health_without_curl():

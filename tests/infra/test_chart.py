@@ -305,7 +305,7 @@ def test_configmap_carries_valid_server_settings(rendered):
     assert (settings.model_path, settings.port) == ("/models/uninlu", 7860)
     # Thread waits sleep: two threads keep working when a neighbour takes a core (issue 14).
     assert (settings.omp_wait_policy, settings.intra_op_spinning) == ("PASSIVE", False)
-    assert settings.thread_tuning == "adaptive"  # torch drops to 1 thread while that is faster
+    assert settings.thread_tuning == "fixed"  # the most capacity, quiet or with a core taken
     server = _server(manifests)
     assert server["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
 
@@ -584,14 +584,14 @@ def test_optional_kinds_can_be_turned_off():
 
 def test_thread_settings_come_from_values():
     values = {
-        "server": {"ompWaitPolicy": "ACTIVE", "intraOpSpinning": True, "threadTuning": "fixed"}
+        "server": {"ompWaitPolicy": "ACTIVE", "intraOpSpinning": True, "threadTuning": "adaptive"}
     }
     data = find(render_chart(values), "ConfigMap")["data"]
     assert (data["OMP_WAIT_POLICY"], data["INTRA_OP_SPINNING"]) == ("ACTIVE", "true")
-    assert data["THREAD_TUNING"] == "fixed"
+    assert data["THREAD_TUNING"] == "adaptive"
     settings = Settings.from_env(data)
     assert (settings.omp_wait_policy, settings.intra_op_spinning) == ("ACTIVE", True)
-    assert settings.thread_tuning == "fixed"
+    assert settings.thread_tuning == "adaptive"
     with pytest.raises(ChartError, match="ompWaitPolicy"):
         render_chart({"server": {"ompWaitPolicy": "spin"}})
     with pytest.raises(ChartError, match="threadTuning"):
