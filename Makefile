@@ -29,9 +29,10 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 
 venv: $(VENV)/.installed $(CHECKOV_VENV)/.installed ## create .venv (and the checkov tool venv) from the pinned requirements
 
-lint: venv ## ruff, hadolint, checkov on the Dockerfile, actionlint
+lint: venv ## ruff, the import contracts (pyproject.toml), hadolint, checkov on the Dockerfile, actionlint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 	@if [ -f docker/Dockerfile ]; then $(VENV)/bin/hadolint docker/Dockerfile; fi
 	@if [ -f docker/Dockerfile ]; then $(CHECKOV_VENV)/bin/checkov --quiet --compact --framework dockerfile --skip-download -f docker/Dockerfile; fi
 	@if [ -d .github/workflows ]; then $(VENV)/bin/actionlint; fi
@@ -43,7 +44,7 @@ test-fast: venv ## the test suite without lint
 	PATH="$(CURDIR)/$(CHECKOV_VENV)/bin:$$PATH" $(VENV)/bin/pytest -x -q
 
 serve: venv ## run the model server locally (MODEL_PATH=dir, default: a generated tiny checkpoint)
-	@if [ -z "$$MODEL_PATH" ]; then $(PY) -m app.random_checkpoint --size tiny --seed 4 --out .models/tiny >/dev/null; fi
+	@if [ -z "$$MODEL_PATH" ]; then $(PY) -m app.tools.random_checkpoint --size tiny --seed 4 --out .models/tiny >/dev/null; fi
 	MODEL_PATH=$${MODEL_PATH:-.models/tiny} $(PY) -m app
 
 # One line and a non-zero exit when the Pulumi CLI is missing (expanded only when up/preview run).

@@ -10,10 +10,10 @@ import sys
 def _predict(args: argparse.Namespace) -> int:
     """The server's slicing and limits (from the same environment settings), unless --no-limits
     lifts the limits on purpose; the slicing always stays, it bounds peak memory."""
-    from app.backend import load_backend
-    from app.errors import UninluError
-    from app.pipeline import parse_schema, predict
-    from app.settings import Settings
+    from app.model.errors import UninluError
+    from app.model.pipeline import parse_schema, predict
+    from app.runtime.torch_backend import load_backend
+    from app.serving.settings import Settings
 
     try:
         settings = Settings.from_env()
@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "predict":
         return _predict(args)
-    from app.server import serve  # settings come from the environment (app/settings.py)
+    from app.serving.server import (
+        serve,  # settings come from the environment (app/serving/settings.py)
+    )
 
     return serve()
 

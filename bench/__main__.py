@@ -137,7 +137,15 @@ def ensure_model(model: Path, need_onnx: bool) -> dict:
     if not (model / "config.json").is_file():
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "app.random_checkpoint", "--size", "base", "--out", str(model)],
+            [
+                sys.executable,
+                "-m",
+                "app.tools.random_checkpoint",
+                "--size",
+                "base",
+                "--out",
+                str(model),
+            ],
             check=True,
             cwd=REPO,
         )
@@ -149,7 +157,7 @@ def ensure_model(model: Path, need_onnx: bool) -> dict:
     if need_onnx and _mtime(graph) < max(map(_mtime, makers)):  # missing, or older
         start = time.perf_counter()
         # The examples join the int8 calibration set.
-        export = ["app.export_onnx", "--model-path", str(model), "--int8"]
+        export = ["app.tools.export_onnx", "--model-path", str(model), "--int8"]
         subprocess.run(
             [sys.executable, "-m", *export, "--examples", str(mix.find_examples())],
             check=True,

@@ -3,9 +3,9 @@
     python -m bench.agreement_set [--model .models/base] [--cases 300] [--seed 1]
 
 Both sides are the ONNX backend (torch-free) on the checkpoint's onnx/ folder: the fp32 graphs
-are the reference (they give torch fp32's spans, tests/app/test_onnx_backend.py), the int8
+are the reference (they give torch fp32's spans, tests/app/runtime/test_onnx_backend.py), the int8
 graphs the candidate (`--int8-dir` points at another folder's encoder.int8.onnx and
-cross.int8.onnx, e.g. to compare quantisation recipes). Cases come from app/cases.py (flat and
+cross.int8.onnx, e.g. to compare quantisation recipes). Cases come from app/tools/cases.py (flat and
 nested extraction, classification, reading comprehension, long texts over several windows);
 the calibration set uses another seed. Not a timing: run it on any machine.
 
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from app.cases import generate_cases
-from app.onnx_backend import ONNX_DIR, OnnxBackend, graph_paths
-from app.pipeline import predict
-from app.tokenizer import load_tokenizer
+from app.model.pipeline import predict
+from app.model.tokenizer import load_tokenizer
+from app.runtime.onnx_backend import ONNX_DIR, OnnxBackend, graph_paths
+from app.tools.cases import generate_cases
 from bench.agreement import output_items
 
 NO_LIMITS = {"max_prompt_rows": None, "max_cost": None}
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in graph_paths(model / ONNX_DIR, int8=False):
         if not path.is_file():
             parser.error(
-                f"missing {path}: run `python -m app.export_onnx --model-path {model} --int8`"
+                f"missing {path}: run `python -m app.tools.export_onnx --model-path {model} --int8`"
             )
     cases = generate_cases(args.cases, args.seed)
     int8_dir = Path(args.int8_dir) if args.int8_dir else None

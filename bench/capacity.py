@@ -28,7 +28,7 @@ LADDERS = {
     "torch": (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0),
     "onnx-int8": (1.5, 3.0, 4.5, 6.0, 7.0, 8.0, 9.0, 10.5, 12.0),
 }
-DEFAULT_MAX_QUEUE = 128  # app/settings.py MAX_QUEUE default
+DEFAULT_MAX_QUEUE = 128  # app/serving/settings.py MAX_QUEUE default
 
 
 def pinned_cpus(cpus: float) -> str:

@@ -38,8 +38,8 @@ def count_request_flops(model_path: str, bodies: list[dict]) -> list[float]:
     """FLOPs of each body, run alone through the fp32 torch backend (one model call per step)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from app.backend import load_backend
-    from app.pipeline import Extraction, run_steps
+    from app.model.pipeline import Extraction, run_steps
+    from app.runtime.torch_backend import load_backend
 
     backend, tokenizer = load_backend(model_path, device="cpu", kind="torch")
     counts = []

@@ -19,7 +19,7 @@ def _batch(rows: int, text_len: int, prompt_len: int, seed: int = 0):
 
 
 def _run(backend, windows, prompt):
-    from app.pipeline import PromptRow
+    from app.model.pipeline import PromptRow
 
     states = backend.encode(windows)
     backend.score([PromptRow(s, prompt, len(w)) for s, w in zip(states, windows, strict=True)])
@@ -39,7 +39,7 @@ def sweep(
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from app.backend import load_backend
+    from app.runtime.torch_backend import load_backend
 
     reference, _ = load_backend(model_path, device="cpu", kind="torch")
     flops = {}

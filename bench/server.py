@@ -17,7 +17,8 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 BATCH_SIZE_METRIC = "uninlu_batch_size"
-# Tokens in backend calls by stage (encode | score) and kind (real | padded), from app/batching.py.
+# Tokens in backend calls by stage (encode | score) and kind (real | padded), from
+# app/serving/batching.py.
 TOKENS_METRIC = "uninlu_backend_tokens_total"
 # `python -m app` with torch made unimportable: what the lean ONNX image runs. Without this, the
 # installed torch is imported anyway (transformers loads it when present) and inflates the RSS.

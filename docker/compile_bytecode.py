@@ -26,9 +26,9 @@ WEB_PACKAGES = ("app", "uvicorn", "fastapi", "starlette", "pydantic", "anyio", "
 def warm_up() -> None:
     """Load the model with the server's own loader and settings (MODEL_PATH, BACKEND from the
     environment) and run one prediction: what a pod does before it reports /ready."""
-    from app.pipeline import parse_schema, predict
-    from app.server import default_loader
-    from app.settings import Settings
+    from app.model.pipeline import parse_schema, predict
+    from app.serving.server import default_loader
+    from app.serving.settings import Settings
 
     backend, tokenizer = default_loader(Settings.from_env())
     predict(backend, tokenizer, "小林在杭州工作。", parse_schema({"人物": None, "地点": None}))

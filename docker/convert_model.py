@@ -3,7 +3,7 @@
 Why: the image ships the weights as safetensors only (memory-mapped at start-up, no pickle ever
 opened in production, and no second copy of the weights), and a checkpoint that does not fit the
 network fails the image build instead of a pod. The checks are the server's own strict loader
-(app/model.py), run on the source and again on the result, whose tensors must be identical.
+(app/model/network.py), run on the source and again on the result, whose tensors must be identical.
 
     python convert_model.py SRC_DIR DST_DIR
 """
@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from app.errors import CheckpointError
-from app.model import (
+from app.model.errors import CheckpointError
+from app.model.network import (
     CONFIG_FILE,
     CONFIGURATION_FILE,
     SAFETENSORS_FILE,
     load_model,
 )
-from app.tokenizer import VOCAB_FILE, load_tokenizer
+from app.model.tokenizer import VOCAB_FILE, load_tokenizer
 
 # Small files the tokenizer or the config may read, copied when the source has them.
 TOKENIZER_FILES = (

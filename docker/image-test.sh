@@ -94,7 +94,7 @@ if [ -n "$MODEL_SRC" ]; then
         || find "$MODEL_SRC" -maxdepth 1 -type f -exec cp {} "$WORK/model/" \;
     log "model context: $MODEL_SRC ($(du -sh "$WORK/model" | cut -f1))"
 else
-    "$PY" -m app.random_checkpoint --size tiny --seed 4 --out "$WORK/model" >/dev/null
+    "$PY" -m app.tools.random_checkpoint --size tiny --seed 4 --out "$WORK/model" >/dev/null
 fi
 mkdir -p "$WORK/calibration"
 [ -f "$EXAMPLES" ] && cp "$EXAMPLES" "$WORK/calibration/examples.json"
@@ -112,7 +112,7 @@ log "the host's pipeline answers (torch fp32): $EXPECTED_TORCH"
 if [ "$ONNX_BACKEND" = onnx-int8 ]; then
     calibration=()
     [ -f "$WORK/calibration/examples.json" ] && calibration=(--examples "$WORK/calibration/examples.json")
-    "$PY" -m app.export_onnx --model-path "$WORK/model" --out "$WORK/host-onnx" --int8 \
+    "$PY" -m app.tools.export_onnx --model-path "$WORK/model" --out "$WORK/host-onnx" --int8 \
         "${calibration[@]}" >/dev/null
     EXPECTED_ONNX="$(host_predict onnx-int8 "$WORK/host-onnx")"
     log "the host's pipeline answers (onnx-int8): $EXPECTED_ONNX"
@@ -126,8 +126,8 @@ if [ -z "$MODEL_SRC" ]; then
     full="$("$PY" -c '
 import torch
 from transformers import BertConfig
-from app.model import SiameseUniNLU
-from app.random_checkpoint import model_config
+from app.model.network import SiameseUniNLU
+from app.tools.random_checkpoint import model_config
 config = {k: v for k, v in model_config("base").items() if k != "model_type"}
 with torch.device("meta"):
     model = SiameseUniNLU(BertConfig(**config))

@@ -80,8 +80,8 @@ def opened_files(with_reads: bool = False) -> set[str]:
 def main() -> int:
     import uvicorn
 
-    from app.server import create_app
-    from app.settings import Settings
+    from app.serving.server import create_app
+    from app.serving.settings import Settings
 
     settings = Settings.from_env({**os.environ, "HOST": "127.0.0.1", "LOG_LEVEL": "WARNING"})
     server = uvicorn.Server(

@@ -17,7 +17,7 @@ from pulumi.runtime import config as runtime_config
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from app.metrics import LATENCY_BUCKETS
+from app.contract.metrics import LATENCY_BUCKETS
 
 NAMESPACE = "uninlu"
 PASSWORD_KEY = "registryPassword"

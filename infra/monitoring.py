@@ -13,7 +13,7 @@ from typing import Any
 import pulumi
 from pulumi_kubernetes.helm.v3 import Release, RepositoryOptsArgs
 
-from app.metrics import PREDICT_ROUTES, PREDICT_TEXTS_METRIC, PREDICT_TEXTS_TOTAL
+from app.contract.metrics import PREDICT_ROUTES, PREDICT_TEXTS_METRIC, PREDICT_TEXTS_TOTAL
 from infra.config import Monitoring as MonitoringSettings
 
 COMMUNITY_REPO = "https://prometheus-community.github.io/helm-charts"

@@ -19,7 +19,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi_kubernetes.helm.v3 import Release
 
-from app import shutdown
+from app.contract import shutdown
 from infra.config import Settings, StackConfig, has_registry_auth
 
 CHART_PATH = "./infra/chart"
@@ -75,7 +75,7 @@ def chart_fingerprint(chart_dir: Path) -> str:
 
 def _shutdown_values(settings: Settings) -> tuple[int, dict[str, int]]:
     """server.gracefulShutdownSeconds and the pod lifecycle it needs, from one budget
-    (app/shutdown.py): the grace period covers the preStop sleep and the whole budget."""
+    (app/contract/shutdown.py): the grace period covers the preStop sleep and the whole budget."""
     budget = settings.server.graceful_shutdown_seconds
     if budget is None:
         budget = shutdown.DEFAULT_GRACEFUL_SHUTDOWN_SECONDS

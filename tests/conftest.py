@@ -2,7 +2,7 @@
 
 import pytest
 
-from app.random_checkpoint import write_random_checkpoint
+from app.tools.random_checkpoint import write_random_checkpoint
 
 TINY_SEED = 4  # a seed whose random heads give spans at both levels of most examples
 

@@ -4,8 +4,8 @@ import json
 import subprocess
 import sys
 
-from app.backend import load_backend
-from app.pipeline import predict
+from app.model.pipeline import predict
+from app.runtime.torch_backend import load_backend
 
 SCHEMA = {"胜负(事件触发词)": {"时间": None, "败者": None, "胜者": None}}
 TEXT = "7月28日，天津泰达在德比战中以0-1负于天津天海。"

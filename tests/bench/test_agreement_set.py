@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from app.cases import FORMS, generate_cases
-from app.export_onnx import export
-from app.onnx_backend import ONNX_DIR, graph_paths, int8_name
+from app.runtime.onnx_backend import ONNX_DIR, graph_paths, int8_name
+from app.tools.cases import FORMS, generate_cases
+from app.tools.export_onnx import export
 from bench import agreement_set
 
 
@@ -57,4 +57,4 @@ def test_tally_counts_precision_over_the_candidate_and_recall_over_the_reference
 def test_missing_graphs_are_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         agreement_set.main(["--model", str(tmp_path), "--cases", "3"])
-    assert "app.export_onnx" in capsys.readouterr().err
+    assert "app.tools.export_onnx" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from bench.server import TOKENS_METRIC, padded_share, parse_counters
 
 
 def _metrics_text(tokens: dict[tuple[str, str], int], batches: list[int]) -> str:
-    """What the server's /metrics says: the counter app/batching.py increments and the
+    """What the server's /metrics says: the counter app/serving/batching.py increments and the
     batch-size histogram, made by prometheus_client itself."""
     registry = CollectorRegistry()
     counter = Counter(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.model import load_model
+from app.model.network import load_model
 
 SCRIPT = Path(__file__).resolve().parents[2] / "docker" / "convert_model.py"
 

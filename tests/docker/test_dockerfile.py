@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings
+from app.serving.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -147,7 +147,8 @@ def test_runtime_environment_suits_a_read_only_root(target):
 
 @pytest.mark.parametrize("target", ["runtime", "runtime-onnx"])
 def test_runtime_threads_sleep_when_idle(target):
-    """The image's thread settings, as app/settings.py reads them (issue 14: no collapse when a
+    """The image's thread settings, as app/serving/settings.py reads them (issue 14: no collapse
+    when a
     neighbour takes a core)."""
     env = dict(
         item.split("=", 1)
@@ -211,7 +212,7 @@ def _app_imports(module: Path) -> set[str]:
 
 @pytest.mark.parametrize(
     ("stage", "script"),
-    [("model-convert", "docker/convert_model.py"), ("model-onnx", "app/export_onnx.py")],
+    [("model-convert", "docker/convert_model.py"), ("model-onnx", "app/tools/export_onnx.py")],
 )
 def test_model_stages_copy_every_module_their_script_imports(stage, script):
     """The model stages copy only the modules they run (so app/ edits keep the model layers
@@ -247,8 +248,8 @@ def _dockerignore() -> list[str]:
 @pytest.mark.parametrize(
     ("path", "ignored"),
     [
-        ("app/server.py", False),
-        ("app/static/index.html", False),
+        ("app/serving/server.py", False),
+        ("app/serving/static/index.html", False),
         ("app/requirements.txt", False),
         ("docker/convert_model.py", False),
         ("docker/compile_bytecode.py", False),
@@ -256,7 +257,7 @@ def _dockerignore() -> list[str]:
         ("docker/requirements-onnx.txt", False),
         ("docker/image_probe.py", True),
         ("app/__pycache__/server.cpython-311.pyc", True),
-        ("tests/app/test_server.py", True),
+        ("tests/app/serving/test_server.py", True),
         (".venv/bin/python", True),
         (".git/HEAD", True),
         (".image-test/wheels/torch.whl", True),

@@ -68,7 +68,14 @@ def test_a_stale_pattern_fails_the_build(tmp_path):
 @pytest.fixture(scope="module")
 def int8_model(tiny_model_dir) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "app.export_onnx", "--model-path", str(tiny_model_dir), "--int8"],
+        [
+            sys.executable,
+            "-m",
+            "app.tools.export_onnx",
+            "--model-path",
+            str(tiny_model_dir),
+            "--int8",
+        ],
         cwd=ROOT,
         check=True,
         capture_output=True,

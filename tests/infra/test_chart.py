@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app import shutdown
-from app.metrics import PREDICT_TEXTS_METRIC
-from app.settings import Settings
+from app.contract import shutdown
+from app.contract.metrics import PREDICT_TEXTS_METRIC
+from app.serving.settings import Settings
 from infra.chart_render import (
     CHART_DIR,
     NEWEST_KUBE_VERSION,
@@ -226,7 +226,8 @@ def test_graceful_termination_outlasts_prestop_and_drain(rendered):
 )
 def test_the_servers_whole_shutdown_fits_the_charts_grace_period(server):
     """The server's own split of its budget (drain delay + in-flight requests + batcher close,
-    app/shutdown.py, read from the rendered ConfigMap as the pod would) after the preStop sleep
+    app/contract/shutdown.py, read from the rendered ConfigMap as the pod would) after the preStop
+    sleep
     ends before the kubelet's SIGKILL."""
     manifests = render_chart({"server": server})
     settings = Settings.from_env(find(manifests, "ConfigMap")["data"])

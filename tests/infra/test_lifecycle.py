@@ -170,7 +170,7 @@ def test_every_chart_file_changes_the_fingerprint_and_nothing_else_does(project)
     (chart / "templates" / "extra.yaml").write_text("")  # a new file counts too
     assert chart_fingerprint(chart) != original
     (chart / "templates" / "extra.yaml").unlink()
-    for outside in ("app/server.py", "Pulumi.prod.yaml", "docker/Dockerfile"):
+    for outside in ("app/serving/server.py", "Pulumi.prod.yaml", "docker/Dockerfile"):
         (project / outside).write_text("changed\n")
     (project / "infra" / "notes.txt").write_text("beside the chart, not in it\n")
     assert chart_fingerprint(chart) == original

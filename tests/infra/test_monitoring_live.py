@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from app.metrics import PREDICT_TEXTS_TOTAL
+from app.contract.metrics import PREDICT_TEXTS_TOTAL
 from infra import monitoring
 from infra.chart_render import render_chart, write_rule_file
 from infra.dashboard import PANELS

@@ -22,9 +22,9 @@ from pulumi_harness import (
     start,
 )
 
-from app import shutdown
-from app.metrics import PREDICT_ROUTES, PREDICT_TEXTS_METRIC, PREDICT_TEXTS_TOTAL
-from app.settings import Settings
+from app.contract import shutdown
+from app.contract.metrics import PREDICT_ROUTES, PREDICT_TEXTS_METRIC, PREDICT_TEXTS_TOTAL
+from app.serving.settings import Settings
 from infra import monitoring
 from infra.chart_render import find, render_chart, validate_manifests
 from infra.image import DOCKERFILE, TARGETS

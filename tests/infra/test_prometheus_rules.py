@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.metrics import PREDICT_ROUTES
+from app.contract.metrics import PREDICT_ROUTES
 from infra.chart_render import find, render_chart, validate_manifests, write_rule_file
 from infra.monitoring import predict_route_regex
 
@@ -157,7 +157,7 @@ def test_thresholds_come_from_the_values():
 
 
 def test_the_slo_must_be_a_latency_bucket_bound():
-    from app.metrics import LATENCY_BUCKETS
+    from app.contract.metrics import LATENCY_BUCKETS
     from infra.chart_render import ChartError
 
     schema = yaml.safe_load((REPO / "infra" / "chart" / "values.schema.json").read_text())

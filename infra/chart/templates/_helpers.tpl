@@ -68,14 +68,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/*
 What shutting down takes: the preStop sleep, then server.gracefulShutdownSeconds, the server's
 whole budget after SIGTERM (its drain delay, in-flight requests and batcher close are split
-inside it: app/shutdown.py).
+inside it: app/contract/shutdown.py).
 */}}
 {{- define "uninlu.shutdownSeconds" -}}
 {{- add .Values.lifecycle.preStopSleepSeconds .Values.server.gracefulShutdownSeconds }}
 {{- end }}
 
 {{/* Grace period: explicit, or the shutdown time + 5 s for the process to exit
-(app/shutdown.py termination_grace_period, which the deploying program passes explicitly). */}}
+(app/contract/shutdown.py termination_grace_period, which the deploying program passes explicitly). */}}
 {{- define "uninlu.terminationGracePeriodSeconds" -}}
 {{- $needed := int (include "uninlu.shutdownSeconds" .) }}
 {{- if kindIs "invalid" .Values.lifecycle.terminationGracePeriodSeconds }}
@@ -185,7 +185,7 @@ seccompProfile:
 {{- toYaml $res }}
 {{- end }}
 
-{{/* PromQL regex of the predict route templates (app/metrics.py PREDICT_ROUTES; a test pins them). */}}
+{{/* PromQL regex of the predict route templates (app/serving/metrics.py PREDICT_ROUTES; a test pins them). */}}
 {{- define "uninlu.predictRoutes" -}}
 /predict|/predict/batch
 {{- end }}
