@@ -211,7 +211,7 @@ def test_int8_graphs_keep_the_pointer_heads_fp32(onnx_model_dir):
 
 
 def test_missing_graph_says_how_to_export(tiny_model_dir):
-    with pytest.raises(CheckpointError, match=r"missing ONNX graph .*app\.tools\.export_onnx.*--int8"):
+    with pytest.raises(CheckpointError, match=r"missing ONNX graph .*tools\.export_onnx.*--int8"):
         load_onnx_backend(tiny_model_dir, int8=True)
 
 
