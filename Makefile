@@ -89,7 +89,7 @@ peer-venv: venv ## the bench peer's own venv .venv-peer (ModelScope, transformer
 
 plan: venv ## autoscaling targets for STACK from one pod's measured capacity (PLAN_ARGS=--reuse: no measuring)
 	$(require_stack)
-	$(PY) -m bench.plan --stack $(STACK) $(PLAN_ARGS)
+	$(PY) -m infra.capacity.plan --stack $(STACK) $(PLAN_ARGS)
 
 image-test: venv ## build docker/Dockerfile with podman here and run it read-only, non-root
 	bash docker/image-test.sh

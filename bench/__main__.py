@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,14 +17,16 @@ from pathlib import Path
 
 import httpx
 
-from bench import agreement, flops, kernels, loadgen, mix, peer, report, stats
+from bench import agreement, flops, kernels, mix, peer, report, stats
 from bench.contention import CpuHog
 from bench.server import ServerProcess, padded_share
+from infra.capacity import loadgen
+from infra.capacity.checkpoint import ensure_model
+from infra.capacity.machine import machine_info
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / ".models" / "base"
 DEFAULT_OUT = REPO / "bench" / "out"
-EXPORTER_FILES = ("export_onnx.py", "onnx_fusion.py", "onnx_int8.py")
 
 
 @dataclass(frozen=True)
@@ -100,71 +100,6 @@ PEER = Config(
     [0.5, 1, 1.5, 2, 3, 4, 5, 6],
     peer=True,
 )
-
-
-def machine_info(threads: int) -> dict:
-    flags = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        text = cpuinfo.read_text()
-        model = next(
-            (ln.split(":", 1)[1].strip() for ln in text.splitlines() if "model name" in ln), ""
-        )
-        flags = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    else:
-        model = platform.processor()
-    peak = flops.measure_matmul_peak(threads)
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "avx2": " avx2" in flags,
-        "avx512": " avx512f" in flags,
-        "python": platform.python_version(),
-        "loadavg_at_start": os.getloadavg(),
-        "matmul_peak_gflops": peak["gflops"],
-        "matmul_peak_size": peak["size"],
-        "matmul_peak_threads": threads,
-    }
-
-
-def _mtime(path: Path) -> float:
-    return path.stat().st_mtime if path.is_file() else 0.0
-
-
-def ensure_model(model: Path, need_onnx: bool) -> dict:
-    """Make the full-size random checkpoint and its ONNX graphs when missing (timed)."""
-    made = {}
-    if not (model / "config.json").is_file():
-        start = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "app.tools.random_checkpoint",
-                "--size",
-                "base",
-                "--out",
-                str(model),
-            ],
-            check=True,
-            cwd=REPO,
-        )
-        made["checkpoint_s"] = time.perf_counter() - start
-    graph = model / "onnx" / "cross.int8.onnx"
-    weights = max((model / n for n in ("pytorch_model.bin", "model.safetensors")), key=_mtime)
-    # Stale too when the exporter changed (fusions, the int8 recipe): graphs of an older one.
-    makers = [weights, *(REPO / "app" / n for n in EXPORTER_FILES)]
-    if need_onnx and _mtime(graph) < max(map(_mtime, makers)):  # missing, or older
-        start = time.perf_counter()
-        # The examples join the int8 calibration set.
-        export = ["app.tools.export_onnx", "--model-path", str(model), "--int8"]
-        subprocess.run(
-            [sys.executable, "-m", *export, "--examples", str(mix.find_examples())],
-            check=True,
-            cwd=REPO,
-        )
-        made["onnx_export_s"] = time.perf_counter() - start
-    return made
 
 
 def probe_outputs(base_url: str, examples: list[dict]) -> dict[str, list]:

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import httpx
 
-from bench import loadgen, mix, stats
+from bench import mix, stats
 from bench.server import ServerProcess
+from infra.capacity import loadgen
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / ".models" / "base"

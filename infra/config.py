@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.alias_generators import to_camel
 
 from app.contract.metrics import LATENCY_BUCKETS
+from infra.capacity.records import CAPACITY_FILE, recorded_capacity
 
 NAMESPACE = "uninlu"
 PASSWORD_KEY = "registryPassword"
@@ -28,9 +29,7 @@ _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Kubernetes quantities as the API accepts them: "500m", "1.5", "2Gi", "256M".
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
 _PERCENT_OR_COUNT = r"^[0-9]+%$"
-# One pod's measured capacity per runtime and CPU limit, written by `make plan` (bench/capacity.py).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CAPACITY_FILE = PROJECT_ROOT / "bench" / "capacity.json"
 _CPU_UNITS = {"m": 0.001, "": 1.0, "k": 1e3}
 
 Quantity = Annotated[str, Field(pattern=_QUANTITY)]
@@ -444,15 +443,6 @@ def pod_cpus(settings: Settings) -> float | None:
     """The CPUs one pod may use: its CPU limit (the capacity is measured pinned to that many)."""
     limits = settings.resources.limits if settings.resources else None
     return cpu_cores(limits["cpu"]) if limits and "cpu" in limits else None
-
-
-def recorded_capacity(runtime: str, cpus: float, path: Path) -> dict[str, Any] | None:
-    """The newest record of `path` for this runtime and CPU count, or None (no file, none kept)."""
-    if not path.is_file():
-        return None
-    records = json.loads(path.read_text(encoding="utf-8")).get("records", [])
-    matching = [r for r in records if r["runtime"] == runtime and abs(r["cpus"] - cpus) < 1e-6]
-    return max(matching, key=lambda r: r["date"]) if matching else None
 
 
 def capacity_warning(settings: Settings, path: Path) -> str | None:

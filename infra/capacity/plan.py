@@ -1,12 +1,13 @@
 """`make plan STACK=<stack>`: autoscaling targets from one pod's measured capacity, and their price.
 
-1. Capacity of one pod for the stack's image.runtime and CPU limit (bench/capacity.py: the SLO
-   search on the full-size random checkpoint, server pinned to that many CPUs, plus start-up to
-   ready), recorded in bench/capacity.json; `--reuse` plans from the record without measuring.
+1. Capacity of one pod for the stack's image.runtime and CPU limit (infra/capacity/measure.py:
+   the SLO search on the full-size random checkpoint, server pinned to that many CPUs, plus
+   start-up to ready), recorded in infra/capacity/capacity.json; `--reuse` plans from the record
+   without measuring.
 2. A recommendation for the stack's declared peak (capacity.peakTextsPerSecond) and SLO
    (capacity.sloP95Ms): the four autoscaling numbers with a reason each and the
    `pulumi config set` commands.
-3. The HPA simulated (bench/hpa_sim.py) on a step, a ramp, a daily curve and a 3x spike for
+3. The HPA simulated (infra/capacity/hpa_sim.py) on a step, a ramp, a daily curve and a 3x spike for
    CPU-only, texts-only and both metrics: a table, a PNG per shape, the seed-style figures.
 `--validate` compares the per-pod model with a real pinned server at three offered rates.
 """
@@ -23,18 +24,20 @@ import matplotlib
 import numpy as np
 import yaml
 
-from bench import capacity, loadgen, mix
-from bench.__main__ import ensure_model, machine_info
-from bench.hpa import DEFAULT_SCALE_DOWN, DEFAULT_SCALE_UP, Controller, Policy, Rules
-from bench.hpa_sim import PodModel, Scaling, shapes, simulate, summarise
-from infra.config import CAPACITY_FILE, Settings, cpu_cores, pod_cpus
+from infra.capacity import loadgen, measure, mix, records
+from infra.capacity.checkpoint import DEFAULT_MODEL, ensure_model
+from infra.capacity.hpa import DEFAULT_SCALE_DOWN, DEFAULT_SCALE_UP, Controller, Policy, Rules
+from infra.capacity.hpa_sim import PodModel, Scaling, shapes, simulate, summarise
+from infra.capacity.machine import machine_info
+from infra.capacity.records import CAPACITY_FILE
+from infra.config import Settings, cpu_cores, pod_cpus
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the file backend
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 CHART_VALUES = REPO / "infra" / "chart" / "values.yaml"
-DEFAULT_OUT = REPO / "bench" / "out" / "plan"
+DEFAULT_OUT = REPO / "infra" / "capacity" / "out"
 HEADROOM = 0.7  # target = capacity x headroom (why: recommendation())
 POLICIES = ("cpu", "texts", "both")
 
@@ -253,7 +256,7 @@ def validate(args, record: dict, settings: Settings, bodies: list[dict]) -> list
     cap = record["texts_per_second"]
     rows = []
     log = args.out / "logs" / "validate.log"
-    with capacity.pinned_server(
+    with measure.pinned_server(
         args.model, record["runtime"], record["cpus"], model.max_queue, log
     ) as server:
         loadgen.run_open_loop(server.base_url, bodies, 1.0, 5.0, seed=1, timeout=120)
@@ -262,7 +265,7 @@ def validate(args, record: dict, settings: Settings, bodies: list[dict]) -> list
             samples = loadgen.run_open_loop(
                 server.base_url, bodies, rate, args.step_seconds, seed=11, timeout=600
             )
-            real = capacity.step_figures(samples, rate, args.step_seconds)
+            real = measure.step_figures(samples, rate, args.step_seconds)
             one = Scaling(1, 1, None, None, Controller(1, 1))
             run = simulate(np.full(int(args.step_seconds), rate), model, one, start_replicas=1)
             sim_429 = float(np.sum(run.rejected)) / float(np.sum(run.offered))
@@ -282,12 +285,14 @@ def validate(args, record: dict, settings: Settings, bodies: list[dict]) -> list
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m bench.plan", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m infra.capacity.plan", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--stack", required=True)
-    p.add_argument("--reuse", action="store_true", help="plan from bench/capacity.json as is")
+    p.add_argument("--reuse", action="store_true", help="plan from the record as is")
     p.add_argument("--validate", action="store_true", help="compare the model with a real server")
-    p.add_argument("--model", type=Path, default=REPO / ".models" / "base")
-    p.add_argument("--examples", default=None)
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--examples", default=None, help="default: app/model/examples.json")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--capacity-file", type=Path, default=CAPACITY_FILE)
     p.add_argument("--step-seconds", type=float, default=30.0, help="per rate of the SLO search")
@@ -315,29 +320,30 @@ def main(argv: list[str] | None = None) -> int:
         )
     slo_ms = settings.capacity.slo_ms
     args.out.mkdir(parents=True, exist_ok=True)
-    bodies = mix.single_level_mix(mix.load_examples(mix.find_examples(args.examples)))
     print(f"== {args.stack}: runtime {runtime}, {cpus:g} CPUs, SLO p95 {slo_ms} ms", flush=True)
 
-    record = capacity.load(runtime, cpus, args.capacity_file)
+    record = records.load(runtime, cpus, args.capacity_file)
     if args.reuse:
         if record is None:
             raise SystemExit(f"{args.capacity_file} has no {runtime} record at {cpus:g} CPUs")
         print(f"   reusing the record of {record['date']} ({args.capacity_file})")
     else:
-        ensure_model(args.model, need_onnx=runtime != "torch")
-        max_queue = settings.server.max_queue or capacity.DEFAULT_MAX_QUEUE
+        examples = mix.examples_file(args.examples)
+        ensure_model(args.model, need_onnx=runtime != "torch", examples=args.examples)
+        max_queue = settings.server.max_queue or measure.DEFAULT_MAX_QUEUE
         rates = [float(r) for r in args.rates.split(",") if r] or None
-        record = capacity.measure(
+        bodies = mix.single_level_bodies(examples)
+        record = measure.measure(
             args.model, runtime, cpus, slo_ms, bodies, args.step_seconds, max_queue,
             args.out / "logs", rates,
         )  # fmt: skip
         record["checkpoint"] = args.model.name
         record["machine"] = machine_info(max(1, math.ceil(cpus)))
-        record["date"] = capacity.now_utc()
+        record["date"] = records.now_utc()
         if args.provisional:
             record["provisional"] = True
             record["note"] = args.provisional
-        capacity.save(record, args.capacity_file)
+        records.save(record, args.capacity_file)
         print(f"   recorded in {args.capacity_file}")
     if record["slo_p95_ms"] != slo_ms:
         print(f"   note: recorded at SLO {record['slo_p95_ms']} ms, the stack asks {slo_ms} ms")
@@ -386,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.validate:
         print("\nvalidation: the per-pod model against a real pinned server", flush=True)
+        bodies = mix.single_level_bodies(mix.examples_file(args.examples))
         result["validation"] = validate(args, record, settings, bodies)
         print("| offered texts/s | real p95 ms | sim p95 ms | real 429 % | sim 429 % |")
         print("|---|---|---|---|---|")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.hpa import Controller, Policy, Rules
-from bench.hpa_sim import PodModel, Scaling, shapes, simulate, summarise
+from infra.capacity.hpa import Controller, Policy, Rules
+from infra.capacity.hpa_sim import PodModel, Scaling, shapes, simulate, summarise
 
 MODEL = PodModel(
     curve_rates=(1.0, 2.0, 4.0),

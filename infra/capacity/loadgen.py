@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import httpx
 import numpy as np
 
-from bench.stats import Sample
+from infra.capacity.stats import Sample
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 

@@ -1,6 +1,6 @@
 """One pod's capacity, measured: the benchmark's SLO search on a real server pinned to the pod's
-CPUs, and its start-up-to-ready time; recorded in bench/capacity.json for the planner and the stack
-check in infra/config.py (which reads it with `recorded_capacity`).
+CPUs, and its start-up-to-ready time; the planner records it (infra/capacity/records.py) for
+itself and the stack check in infra/config.py.
 
 A pod's CPU limit is a CFS quota, not a CPU set; pinning the server with `taskset` to that many
 CPUs (and as many intra-op threads) is the closest a laptop gets without a cgroup. The load
@@ -9,17 +9,13 @@ generator runs in this process, outside the pinned set when the machine has spar
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import math
 import os
 from pathlib import Path
 
-from bench import loadgen, stats
-from bench.server import ServerProcess
-from infra.config import CAPACITY_FILE, recorded_capacity
+from infra.capacity import loadgen, stats
+from infra.capacity.server import ServerProcess
 
-FORMAT = 1
 BACKENDS = {"onnx": "onnx", "onnx-int8": "onnx-int8", "torch": "torch"}
 # Offered texts/s per CPU of the rate ladders: fine steps where fp32 saturates (about 1-2.4 per
 # CPU on an AVX2 machine, more with AVX-512), wider ones for int8 (about 7.5 per CPU).
@@ -139,27 +135,3 @@ def measure(
         "step_seconds": step_seconds,
         "curve": curve,
     }
-
-
-def save(record: dict, path: Path = CAPACITY_FILE) -> None:
-    """Keep one record per runtime and CPU count (the newest), sorted, in a versioned file."""
-    document = {"format": FORMAT, "records": []}
-    if path.is_file():
-        document = json.loads(path.read_text(encoding="utf-8"))
-    key = (record["runtime"], record["cpus"])
-    kept = [r for r in document["records"] if (r["runtime"], r["cpus"]) != key]
-    document["records"] = sorted([*kept, record], key=lambda r: (r["runtime"], r["cpus"]))
-    document["format"] = FORMAT
-    document["about"] = (
-        "One pod's measured capacity per image.runtime and CPU limit (make plan). "
-        "infra/config.py warns when a stack's targetTextsPerSecondPerPod exceeds it."
-    )
-    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def now_utc() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def load(runtime: str, cpus: float, path: Path = CAPACITY_FILE) -> dict | None:
-    return recorded_capacity(runtime, cpus, path)

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from bench import capacity, plan
-from bench.hpa import Policy, Rules
+from infra.capacity import plan, records
+from infra.capacity.hpa import Policy, Rules
 
 RECORD = {
     "runtime": "onnx",
@@ -67,7 +67,7 @@ def test_unknown_stack_is_a_clear_error():
 
 def test_reuse_plans_from_the_record_without_measuring(tmp_path, capsys):
     record_file = tmp_path / "capacity.json"
-    capacity.save(RECORD, record_file)
+    records.save(RECORD, record_file)
     out = tmp_path / "out"
     argv = ["--stack", "prod", "--reuse", "--capacity-file", str(record_file), "--out", str(out)]
     assert plan.main([*argv, "--minutes", "6", "--day-minutes", "12"]) == 0

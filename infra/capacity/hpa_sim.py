@@ -2,7 +2,7 @@
 
 What it models, and from what:
 - each pod is a queue served at the measured saturated throughput; the latency of what it
-  admits is the measured p95 at its offered rate (the latency curve of bench/capacity.json)
+  admits is the measured p95 at its offered rate (the latency curve of infra/capacity/capacity.json)
   plus the wait behind its backlog; beyond MAX_QUEUE admitted texts it answers 429, as the
   server does;
 - the Service spreads the offered texts evenly over the ready pods;
@@ -14,7 +14,7 @@ What it models, and from what:
   so the HPA sees the load of the last two minutes, late by up to one scrape;
 - the CPU metric is what metrics-server serves: each pod's CPU use averaged over a 15 s window,
   refreshed every 15 s, in percent of the CPU request;
-- the HPA itself is bench.hpa (the Kubernetes algorithm), synced every 15 s.
+- the HPA itself is infra.capacity.hpa (the Kubernetes algorithm), synced every 15 s.
 Traffic is fluid (texts per second, not single requests): the measured curve already holds
 the effect of Poisson arrivals on the latency.
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bench.hpa import SYNC_PERIOD_S, Controller, PodSample, metric_replicas
+from infra.capacity.hpa import SYNC_PERIOD_S, Controller, PodSample, metric_replicas
 
 RATE_WINDOW_S = 120.0  # the adapter rule's rate window (infra/monitoring.py RATE_WINDOW)
 CPU_WINDOW_S = 15.0  # metrics-server --metric-resolution and the kubelet's CPU window

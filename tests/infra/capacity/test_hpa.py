@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from bench.hpa import (
+from infra.capacity.hpa import (
     DEFAULT_SCALE_DOWN,
     Controller,
     PodSample,
