@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--backend",
         default="torch",
-        choices=("torch", "torch-int8", "onnx", "onnx-int8"),
+        choices=("torch", "onnx", "onnx-int8"),
         help="the model backend (the server's BACKEND setting); default torch",
     )
     p.add_argument(

@@ -86,7 +86,6 @@ class OnnxBackend:
         self.cross_session = ort.InferenceSession(str(cross_path), options, providers=providers)
         self.name = name
         self.threads = options.intra_op_num_threads
-        self.threads_used = {"encode": self.threads, "score": self.threads}  # fixed
         self.padding_added: dict[str, int] = {}  # stage -> padding tokens of its last call
 
     def _encode(self, ids: np.ndarray, mask: np.ndarray, token_type: int, positions: np.ndarray):

@@ -7,7 +7,6 @@ batcher can mix steps of many requests and another runtime (ONNX) can stand in f
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -18,7 +17,6 @@ from torch.nn.utils.rnn import pad_sequence
 from app.model.network import SiameseUniNLU, load_model
 from app.model.padding import length_groups, padding_of
 from app.model.tokenizer import load_tokenizer
-from app.runtime.thread_tuner import ThreadTuner
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -54,49 +52,18 @@ def _pad_ids(seqs: list[list[int]], device: torch.device) -> tuple[torch.Tensor,
 
 class TorchBackend:
     """The network in torch: text states are (length, hidden) tensors on the model's device.
+    On CPU every call runs with torch's intra-op thread count (TORCH_THREADS), fixed."""
 
-    With a `tuner` (CPU), each call runs with the intra-op thread count it picks, set from the
-    calling thread (OpenMP's count is per thread: the batcher's worker makes every call)."""
-
-    def __init__(
-        self,
-        model: SiameseUniNLU,
-        device: torch.device,
-        dtype: torch.dtype,
-        tuner: ThreadTuner | None = None,
-    ):
+    def __init__(self, model: SiameseUniNLU, device: torch.device, dtype: torch.dtype):
         self.model = model
         self.device = torch.device(device)
         self.dtype = dtype
-        self.tuner = tuner
-        self.threads_used: dict[str, int] = {}  # stage -> threads of its last call
         self.padding_added: dict[str, int] = {}  # stage -> padding tokens of its last call
         precision = "fp16" if dtype == torch.float16 else "fp32"
         self.name = f"torch-{precision}" + ("-cuda" if self.device.type == "cuda" else "")
 
-    def encode(self, windows: list[list[int]]) -> list[object]:
-        return self._tuned("encode", sum(map(len, windows)), self._encode, windows)
-
-    def score(self, rows: list[PromptRow]) -> list[tuple[np.ndarray, np.ndarray]]:
-        tokens = sum(int(r.text_state.shape[0]) + len(r.prompt_ids) for r in rows)
-        return self._tuned("score", tokens, self._score, rows)
-
-    def _tuned(self, stage: str, tokens: int, run, inputs: list):
-        """`run(inputs)` with the tuner's thread count for a call of `tokens` tokens, timed."""
-        if self.tuner is None or not inputs:
-            self.threads_used[stage] = torch.get_num_threads()
-            return run(inputs)
-        threads = self.tuner.pick(stage, tokens)
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        started = time.perf_counter()
-        results = run(inputs)
-        self.tuner.record(stage, tokens, threads, time.perf_counter() - started)
-        self.threads_used[stage] = threads
-        return results
-
     @torch.inference_mode()
-    def _encode(self, windows: list[list[int]]) -> list[object]:
+    def encode(self, windows: list[list[int]]) -> list[object]:
         states: list[object] = [None] * len(windows)
         lengths = [len(w) for w in windows]
         groups = length_groups(lengths)
@@ -110,7 +77,7 @@ class TorchBackend:
         return states
 
     @torch.inference_mode()
-    def _score(self, rows: list[PromptRow]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def score(self, rows: list[PromptRow]) -> list[tuple[np.ndarray, np.ndarray]]:
         if not rows:
             return []
         # First half: all prompts at once (they are short and of similar length).
@@ -166,45 +133,24 @@ def load_backend(
     threads: int | None = None,
     kind: str = "torch",
     onnx_dir: str | Path | None = None,
-    adaptive_threads: bool = False,
 ) -> tuple[Backend, PreTrainedTokenizerBase]:
     """Load the checkpoint directory strictly; half precision on CUDA, float32 on CPU.
-    Kinds: torch, torch-int8 (CPU, dynamic int8 linears), onnx, onnx-int8 (ONNX Runtime graphs
-    from app/tools/export_onnx.py, in `onnx_dir`, default MODEL_PATH/onnx). `adaptive_threads`:
-    torch
-    on CPU picks between `threads` and 1 per call (app/runtime/thread_tuner.py); ONNX keeps
-    `threads`."""
+    Kinds: torch, onnx, onnx-int8 (ONNX Runtime graphs from app/tools/export_onnx.py, in
+    `onnx_dir`, default MODEL_PATH/onnx). Every kind runs `threads` intra-op threads."""
     if kind in ("onnx", "onnx-int8"):
         from app.runtime.onnx_backend import load_onnx_backend
 
         return load_onnx_backend(
             model_path, threads=threads, int8=kind == "onnx-int8", onnx_dir=onnx_dir
         )
-    if kind not in ("torch", "torch-int8"):
-        raise ValueError(
-            f"unknown backend kind {kind!r}, expected torch, torch-int8, onnx or onnx-int8"
-        )
+    if kind != "torch":
+        raise ValueError(f"unknown backend kind {kind!r}, expected torch, onnx or onnx-int8")
     if threads:
         torch.set_num_threads(int(threads))
-    dev = resolve_device("cpu" if kind == "torch-int8" and device == "auto" else device)
-    if kind == "torch-int8" and dev.type != "cpu":
-        raise ValueError("backend torch-int8 runs on CPU only (use torch on CUDA)")
+    dev = resolve_device(device)
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     model = load_model(model_path, device=dev, dtype=dtype)
     tokenizer = load_tokenizer(model_path)
-    if kind == "torch-int8":
-        from app.runtime.quantize import quantize_dynamic_int8
-
-        model = quantize_dynamic_int8(model)
-    tuner = ThreadTuner(torch.get_num_threads()) if adaptive_threads and dev.type == "cpu" else None
-    backend = TorchBackend(model, dev, dtype, tuner)
-    if kind == "torch-int8":
-        backend.name = "torch-int8"
-    log.info(
-        "loaded %s from %s (threads=%s%s)",
-        backend.name,
-        model_path,
-        torch.get_num_threads(),
-        ", adaptive down to 1" if tuner and len(tuner.candidates) > 1 else "",
-    )
+    backend = TorchBackend(model, dev, dtype)
+    log.info("loaded %s from %s (threads=%s)", backend.name, model_path, torch.get_num_threads())
     return backend, tokenizer

@@ -4,7 +4,7 @@ the tokenizer.
 Every request is an `Extraction` whose `steps()` generator yields model steps
 (app/model/pipeline.py).
 The worker drives the generators of all active requests in rounds. A step is executed in pieces:
-each round, in the order of the scheduling policy, every active request contributes at most one
+each round, least attained first (below), every active request contributes at most one
 slice (`slice_tokens` model tokens) of its pending step's inputs, until the round holds
 `max_batch_tokens` per stage; the pieces of all requests go out as one `backend.encode` and one
 `backend.score` call (split so that rows x padded length stays within `max_batch_tokens`,
@@ -13,12 +13,11 @@ then its generator moves on. So a short request arriving behind a long one waits
 (about a slice of the long one), not the long one's whole step, and cross-request batching stays.
 New requests join at the next round; an idle worker waits up to `batch_wait_ms` for company.
 
-Policies (`scheduler`): `round_robin` (least recently served first), `least_attained` (fewest
-tokens executed so far first), `shortest_remaining` (least estimated remaining cost first, with
-ageing so a long request is not starved) and `legacy` (no slicing: every active request's whole
-step each round, the scheduler before issue 15, kept for comparison). Why least_attained is the
-default (measured: short requests' p95 under heavy load lowest, heavy requests not slowed):
-README "Fair scheduling, deadlines and the cost budget".
+The order is least attained service first: when a round's budget runs out, the requests that
+have had the fewest model tokens so far got their slices. Why (measured against round robin,
+shortest remaining cost and the whole-step scheduler before issue 15, all since removed: short
+requests' p95 under heavy load lowest, heavy requests not slowed): bench/README.md, "Heavy
+requests".
 
 Cancellation: a request whose waiter went away (client disconnect, deadline) is flagged from the
 event loop; before forming each round the worker drops flagged and overdue requests, so at most
@@ -49,13 +48,8 @@ from typing import Any
 from app.model.padding import token_batches
 from app.model.pipeline import EncodeText, Extraction, Usage, step_lengths
 from app.serving.metrics import Metrics
-from app.serving.settings import SCHEDULERS
 
 log = logging.getLogger(__name__)
-
-# shortest_remaining: a request's priority improves by this many tokens per second it has been
-# admitted, so a long request overtakes newer short ones after (its remaining cost / this) s.
-AGEING_TOKENS_PER_SECOND = 2000
 
 
 class Overloaded(Exception):
@@ -77,8 +71,8 @@ class DeadlineExceeded(Exception):
 @dataclass(frozen=True)
 class Job:
     """What to predict: the arguments of one `Extraction` (schema already validated), the
-    admission estimate (model tokens, for shortest_remaining) and what it actually cost, which the
-    worker fills in when the job ends, whatever the outcome."""
+    admission estimate (model tokens, logged as cost_estimate) and what it actually cost, which
+    the worker fills in when the job ends, whatever the outcome."""
 
     text: str
     schema: dict
@@ -104,7 +98,6 @@ class _Task:
     pending: collections.deque = field(default_factory=collections.deque)  # step inputs to run
     results: list = field(default_factory=list)
     missing: int = 0  # inputs of the step whose results have not arrived
-    served: int = -1  # last round that ran a piece of it (round_robin)
     cancelled: bool = False  # set from the loop thread when nobody waits for the result
 
 
@@ -133,23 +126,17 @@ class Batcher:
         max_prompt_rows: int | None = None,
         max_request_cost: int | None = None,
         slice_tokens: int | None = None,
-        scheduler: str = "least_attained",
         metrics: Metrics | None = None,
         extraction_factory: Callable[..., Extraction] | None = None,
     ):
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {scheduler!r}, expected one of {SCHEDULERS}")
         self.backend = backend
         self.tokenizer = tokenizer
         self.max_batch_tokens = max_batch_tokens
         self.batch_wait = batch_wait_ms / 1000.0
         self.max_batch_requests = max_batch_requests
         self.max_queue = max_queue
-        self.scheduler = scheduler
-        # legacy: no slice and no round budget, i.e. every active request's whole step per round.
-        legacy = scheduler == "legacy"
-        self.slice_tokens = None if legacy else (slice_tokens or max_batch_tokens)
-        self.round_tokens = None if legacy else max_batch_tokens
+        self.slice_tokens = slice_tokens or max_batch_tokens
+        self.round_tokens = max_batch_tokens
         self.metrics = metrics
         # The extraction enforces the row and cost budgets itself, before it builds a level's rows.
         self._extraction = extraction_factory or partial(
@@ -160,7 +147,6 @@ class Batcher:
         self._stopping = False
         self._accepting = True
         self._admitted = 0  # touched on the event loop thread only
-        self._rounds = 0
         self._thread = threading.Thread(target=self._run, name="inference-worker", daemon=True)
 
     # ---------------------------------------------------------------- event-loop side
@@ -314,26 +300,15 @@ class Batcher:
         except Exception as err:
             self._fail(task, err)
 
-    def _order(self, active: list[_Task]) -> list[_Task]:
-        """The scheduling policy: who gets its slice first when a round's budget runs out."""
-        if self.scheduler == "least_attained":
-            return sorted(active, key=lambda t: (t.job.usage.tokens, t.seq))
-        if self.scheduler == "shortest_remaining":
-            now = time.perf_counter()
-
-            def remaining(t: _Task) -> float:
-                left = sum(it.tokens for it in t.pending)
-                if t.job.estimated_cost is not None:
-                    left = max(left, t.job.estimated_cost - t.job.usage.tokens)
-                return left - AGEING_TOKENS_PER_SECOND * (now - t.enqueued)
-
-            return sorted(active, key=lambda t: (remaining(t), t.seq))
-        return sorted(active, key=lambda t: (t.served, t.seq))  # round_robin (legacy: all)
+    @staticmethod
+    def _order(active: list[_Task]) -> list[_Task]:
+        """Least attained service first: who gets its slice first when a round's budget runs
+        out (ties: the earlier request)."""
+        return sorted(active, key=lambda t: (t.job.usage.tokens, t.seq))
 
     def _round(self, active: list[_Task]) -> None:
         """One slice of every active request, as far as the round's budget goes: backend calls
         shared across requests."""
-        self._rounds += 1
         picked: dict[str, list[_Item]] = {"encode": [], "score": []}
         used = {"encode": 0, "score": 0}
         for t in self._order(active):
@@ -348,8 +323,6 @@ class Batcher:
                 picked[stage].append(t.pending.popleft())
                 taken += n
                 used[stage] += n
-            if taken:
-                t.served = self._rounds
         failed: dict[_Task, Exception] = {}
         for stage, call in (("encode", self.backend.encode), ("score", self.backend.score)):
             items = picked[stage]
@@ -383,9 +356,6 @@ class Batcher:
             self.metrics.batch_size.observe(len({id(it.task) for it in chunk}))
             self.metrics.backend_tokens.labels(stage, "real").inc(real)
             self.metrics.backend_tokens.labels(stage, "padded").inc(self._padding(stage, chunk))
-            threads = getattr(self.backend, "threads_used", {}).get(stage)
-            if threads is not None:
-                self.metrics.backend_threads.labels(stage).set(threads)
         for it, out in zip(chunk, outputs, strict=True):
             task = it.task
             task.results[it.index] = out
@@ -434,6 +404,6 @@ class Batcher:
             task.loop.call_soon_threadsafe(finish)
 
 
-def _fits(budget: int | None, used: int, n: int) -> bool:
+def _fits(budget: int, used: int, n: int) -> bool:
     """Whether n more tokens fit a budget; the first input always fits (progress)."""
-    return budget is None or not used or used + n <= budget
+    return not used or used + n <= budget

@@ -97,13 +97,6 @@ class Metrics:
             ("stage", "kind"),
             registry=r,
         )
-        self.backend_threads = Gauge(
-            "uninlu_backend_threads",
-            "Intra-op threads the last backend call of a stage (encode|score) ran with: torch's "
-            "adaptive count falls to 1 while a core is taken (THREAD_TUNING), ONNX's is fixed",
-            ("stage",),
-            registry=r,
-        )
         self.request_cost_tokens = Histogram(
             "uninlu_request_cost_tokens",
             "Model tokens a prediction actually sent to the backend (its cost), per prediction",

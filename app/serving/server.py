@@ -145,7 +145,6 @@ def default_loader(settings: Settings) -> tuple[Any, Any]:
         settings.device,
         settings.torch_threads,
         kind=settings.backend,
-        adaptive_threads=settings.thread_tuning == "adaptive",
     )
 
 
@@ -203,7 +202,6 @@ async def _load_and_warm_up(state: ServerState, loader: Loader) -> None:
             max_prompt_rows=settings.max_prompt_rows,
             max_request_cost=settings.max_request_cost,
             slice_tokens=settings.slice_tokens,
-            scheduler=settings.scheduler,
             metrics=metrics,
         )
         batcher.start()

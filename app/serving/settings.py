@@ -15,7 +15,17 @@ from typing import Any
 from app.contract import shutdown
 from app.model.pipeline import MAX_PROMPT_ROWS, MAX_REQUEST_COST, SLICE_TOKENS
 
-SCHEDULERS = ("round_robin", "least_attained", "shortest_remaining", "legacy")
+BACKENDS = ("torch", "onnx", "onnx-int8")
+
+# Settings that were removed: set anyway, they stop start-up with what the server does now.
+REMOVED = {
+    "SCHEDULER": "the batcher always serves the request with the fewest model tokens so far first "
+    "(least attained), in slices of SLICE_TOKENS; unset SCHEDULER",
+    "THREAD_TUNING": "torch always runs TORCH_THREADS intra-op threads (what THREAD_TUNING=fixed "
+    "did); unset THREAD_TUNING",
+}
+# Values that were removed, with what to use instead.
+REMOVED_BACKENDS = {"torch-int8": "onnx-int8"}
 
 _POSITIVE = (
     "port",
@@ -57,16 +67,6 @@ class Settings:
     torch_threads: int | None = _setting(
         None, "TORCH_THREADS", "intra-op threads for torch; unset = torch's default (all cores)"
     )
-    thread_tuning: str = _setting(
-        "fixed",
-        "THREAD_TUNING",
-        "fixed | adaptive: fixed always runs TORCH_THREADS (the most capacity, quiet or with a "
-        "core taken, measured in bench/README.md); adaptive lets the torch backends run each "
-        "model call with TORCH_THREADS or 1 thread, whichever its recent calls measured faster "
-        "(app/runtime/thread_tuner.py): lower latency at low load while a neighbour takes a "
-        "core, about "
-        "13 % less capacity. ONNX backends keep their thread count",
-    )
     omp_wait_policy: str = _setting(
         "PASSIVE",
         "OMP_WAIT_POLICY",
@@ -85,7 +85,7 @@ class Settings:
     backend: str = _setting(
         "torch",
         "BACKEND",
-        "torch | torch-int8 (CPU) | onnx | onnx-int8 (ONNX Runtime, graphs in MODEL_PATH/onnx "
+        "torch | onnx | onnx-int8 (ONNX Runtime, graphs in MODEL_PATH/onnx "
         "from app/tools/export_onnx.py; TORCH_THREADS sets its threads too)",
     )
     max_text_chars: int = _setting(
@@ -128,12 +128,6 @@ class Settings:
         "SLICE_TOKENS",
         "most model tokens of one request per scheduling round: a short request behind a long "
         "one waits about one such slice (smaller: fairer, more backend calls)",
-    )
-    scheduler: str = _setting(
-        "least_attained",
-        "SCHEDULER",
-        "least_attained | round_robin | shortest_remaining | legacy (no slicing: a request's "
-        "whole step per round, the scheduler before issue 15, for comparison)",
     )
     max_batch_tokens: int = _setting(
         8192,
@@ -179,10 +173,6 @@ class Settings:
                 raise SettingsError(f"{_env(name)} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.request_timeout_seconds < float("inf"):
             raise SettingsError("REQUEST_TIMEOUT_SECONDS must be a positive number of seconds")
-        if self.scheduler not in SCHEDULERS:
-            raise SettingsError(
-                f"SCHEDULER must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}"
-            )
         for name in ("batch_wait_ms", "graceful_shutdown_seconds", "drain_delay_seconds"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_env(name)} must not be negative")
@@ -196,14 +186,13 @@ class Settings:
             )
         if self.torch_threads is not None and self.torch_threads < 1:
             raise SettingsError("TORCH_THREADS must be at least 1")
-        if self.backend not in ("torch", "torch-int8", "onnx", "onnx-int8"):
-            raise SettingsError(
-                f"BACKEND must be torch, torch-int8, onnx or onnx-int8, got {self.backend!r}"
-            )
-        if self.thread_tuning not in ("adaptive", "fixed"):
-            raise SettingsError(
-                f"THREAD_TUNING must be adaptive or fixed, got {self.thread_tuning!r}"
-            )
+        if self.backend not in BACKENDS:
+            accepted = f"BACKEND must be one of {', '.join(BACKENDS)}"
+            if self.backend in REMOVED_BACKENDS:
+                raise SettingsError(
+                    f"{accepted} ({self.backend} was removed: use {REMOVED_BACKENDS[self.backend]})"
+                )
+            raise SettingsError(f"{accepted}, got {self.backend!r}")
         if self.omp_wait_policy not in ("ACTIVE", "PASSIVE"):
             raise SettingsError(
                 f"OMP_WAIT_POLICY must be ACTIVE or PASSIVE, got {self.omp_wait_policy!r}"
@@ -217,8 +206,12 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build from environment variables; unset ones keep their defaults."""
+        """Build from environment variables; unset ones keep their defaults, and a removed one
+        (REMOVED) set to anything is an error."""
         environ = os.environ if environ is None else environ
+        for env, now in REMOVED.items():
+            if environ.get(env, "").strip():
+                raise SettingsError(f"{env} was removed: {now}")
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = environ.get(f.metadata["env"])

@@ -132,8 +132,8 @@ def _check(module: nn.Module, args: tuple, names: tuple, path: Path, atol: float
 
 
 def _pointer_heads(path: Path) -> list[str]:
-    """MatMul nodes with a single output column: the head/tail pointer heads. They stay fp32
-    (as in app/runtime/quantize.py): they decide the spans and cost almost nothing."""
+    """MatMul nodes with a single output column: the head/tail pointer heads. They stay fp32:
+    they decide the spans and cost almost nothing."""
     import onnx
 
     graph = onnx.load(str(path)).graph

@@ -42,7 +42,6 @@ def test_from_env_parses_types_and_ignores_blanks():
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"DEVICE": "tpu"}, "DEVICE"),
         ({"OMP_WAIT_POLICY": "spin"}, "OMP_WAIT_POLICY"),
-        ({"THREAD_TUNING": "auto"}, "THREAD_TUNING"),
         ({"INTRA_OP_SPINNING": "sometimes"}, "INTRA_OP_SPINNING"),
         ({"MAX_BATCH_ITEMS": "10", "MAX_QUEUE": "5"}, "MAX_BATCH_ITEMS"),
     ],
@@ -50,6 +49,51 @@ def test_from_env_parses_types_and_ignores_blanks():
 def test_bad_values_name_the_variable(env, named):
     with pytest.raises(SettingsError, match=named):
         Settings.from_env(env)
+
+
+def test_backend_names_the_accepted_kinds():
+    assert Settings.from_env({"BACKEND": "onnx-int8"}).backend == "onnx-int8"
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({"BACKEND": "tensorrt"})
+    assert str(error.value) == "BACKEND must be one of torch, onnx, onnx-int8, got 'tensorrt'"
+
+
+def test_the_removed_torch_int8_backend_names_its_replacement():
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({"BACKEND": "torch-int8"})
+    assert str(error.value) == (
+        "BACKEND must be one of torch, onnx, onnx-int8 (torch-int8 was removed: use onnx-int8)"
+    )
+
+
+REMOVED_SETTINGS = {
+    "SCHEDULER": "SCHEDULER was removed: the batcher always serves the request with the fewest "
+    "model tokens so far first (least attained), in slices of SLICE_TOKENS; unset SCHEDULER",
+    "THREAD_TUNING": "THREAD_TUNING was removed: torch always runs TORCH_THREADS intra-op threads "
+    "(what THREAD_TUNING=fixed did); unset THREAD_TUNING",
+}
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("SCHEDULER", "least_attained"),  # even the behaviour the server keeps
+        ("SCHEDULER", "legacy"),
+        ("SCHEDULER", "round_robin"),
+        ("THREAD_TUNING", "fixed"),
+        ("THREAD_TUNING", "adaptive"),
+    ],
+)
+def test_a_removed_setting_stops_with_what_the_server_does_now(env, value):
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({"MODEL_PATH": "/x", env: value})
+    assert str(error.value) == REMOVED_SETTINGS[env]
+
+
+def test_removed_settings_are_neither_logged_nor_refused_when_blank():
+    """Like every setting, a blank one counts as unset."""
+    settings = Settings.from_env({"SCHEDULER": " ", "THREAD_TUNING": ""})
+    assert settings.describe().keys().isdisjoint(REMOVED_SETTINGS)
 
 
 def test_every_setting_is_documented_and_logged():
@@ -84,6 +128,24 @@ def test_invalid_setting_exits_2_with_a_message():
     done = _run_app({"MODEL_PATH": "/x", "MAX_QUEUE": "lots"})
     assert done.returncode == 2
     assert "MAX_QUEUE='lots' is not a valid int" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({"SCHEDULER": "legacy"}, REMOVED_SETTINGS["SCHEDULER"]),
+        ({"THREAD_TUNING": "adaptive"}, REMOVED_SETTINGS["THREAD_TUNING"]),
+        (
+            {"BACKEND": "torch-int8"},
+            "BACKEND must be one of torch, onnx, onnx-int8 (torch-int8 was removed: use onnx-int8)",
+        ),
+    ],
+    ids=["scheduler", "thread-tuning", "torch-int8"],
+)
+def test_a_removed_setting_refuses_to_start_with_one_line(env, line):
+    done = _run_app({"MODEL_PATH": "/x", **env})
+    assert done.returncode == 2
+    assert done.stderr == f"uninlu: invalid setting: {line}\n"
 
 
 def test_missing_model_path_exits_2():
