@@ -255,7 +255,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="full-size checkpoint dir")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--examples", default=None, help="examples.json (default: ../shared)")
+    p.add_argument(
+        "--examples", default=None, help="examples.json (default: app/model/examples.json)"
+    )
     p.add_argument("--configs", default="", help="comma-separated subset of configuration names")
     p.add_argument("--step-seconds", type=float, default=15.0, help="duration of each rate")
     p.add_argument("--slo", type=float, default=1.0, help="p95 latency bound in seconds")
@@ -311,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     examples = mix.load_examples(mix.find_examples(args.examples))
     bodies = mix.single_level_mix(examples)
-    made = ensure_model(args.model, any(c.onnx for c in configs))
+    made = ensure_model(args.model, any(c.onnx for c in configs), args.examples)
     print("measuring the fp32 matmul peak ...", flush=True)
     machine = machine_info(args.threads)
     print(f"   {machine['matmul_peak_gflops']:.0f} GFLOP/s", flush=True)

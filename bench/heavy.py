@@ -149,7 +149,9 @@ def parse_args(argv):
     p.add_argument("--mode", choices=("probe", "load"), default="probe")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint directory")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--examples", default=None, help="examples.json (default: ../shared)")
+    p.add_argument(
+        "--examples", default=None, help="examples.json (default: app/model/examples.json)"
+    )
     p.add_argument("--schedulers", default="legacy,least_attained", help="comma-separated")
     p.add_argument("--backend", default="onnx-int8")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)

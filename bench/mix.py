@@ -1,4 +1,5 @@
-"""The request mix the benchmark replays: the examples of shared/examples.json as /predict bodies.
+"""The request mix the benchmark replays: the project's examples (app/model/examples.json), or a
+user's own examples file, as /predict bodies.
 
 The single-level examples (every schema value null) have a fixed cost per request on any checkpoint:
 one text encode and one prompt-scoring step. Multi-level examples depend on which spans a (random)
@@ -8,30 +9,28 @@ the output-agreement check.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-DEFAULT_EXAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "examples.json"
+from app.model import examples as project_examples
+
+DEFAULT_EXAMPLES = project_examples.EXAMPLES_PATH
 
 
 def find_examples(explicit: str | None = None) -> Path:
-    """The examples file: an explicit path, else ../shared/examples.json (the project's shared
-    folder, beside the checkout; the tests read it from here too)."""
-    candidates = [Path(explicit)] if explicit else []
-    candidates += [DEFAULT_EXAMPLES]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(
-        "examples.json not found (looked in: " + ", ".join(str(p) for p in candidates) + ")"
-    )
+    """The examples file: an explicit path (a user's own examples), else the project's
+    (app/model/examples.json)."""
+    path = Path(explicit) if explicit else DEFAULT_EXAMPLES
+    if not path.is_file():
+        raise FileNotFoundError(f"examples.json not found: {path}")
+    return path
 
 
 def load_examples(path: Path) -> list[dict]:
     """All examples as /predict bodies, with their task name."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    examples = data["examples"] if isinstance(data, dict) else data
-    return [{"task": e["task"], "text": e["text"], "schema": e["schema"]} for e in examples]
+    return [
+        {"task": e["task"], "text": e["text"], "schema": e["schema"]}
+        for e in project_examples.load_examples(path)
+    ]
 
 
 def is_single_level(schema: dict) -> bool:

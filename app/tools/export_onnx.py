@@ -18,7 +18,6 @@ Each graph is checked against the torch model on a random batch before it is kep
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from app.model.examples import load_examples
 from app.model.network import CROSS_LAYERS, SiameseUniNLU, load_model
 from app.runtime.onnx_backend import CROSS_FILE, ENCODER_FILE, ONNX_DIR, int8_name
 from app.tools.onnx_fusion import fuse
@@ -165,7 +165,8 @@ def export(
     examples: list[dict] | None = None,
 ):
     """Write encoder.onnx and cross.onnx, fused (and with int8, their static int8 versions,
-    calibrated on `examples` and the generated cases) into `out`."""
+    calibrated on the project's examples, `examples` (a user's own) and the generated cases)
+    into `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # Eager attention: its explicit matmul-softmax is the pattern the Attention fusion matches
@@ -218,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", action="store_true", help="also write int8 versions")
     parser.add_argument(
         "--examples",
-        help="examples.json whose texts join the int8 calibration set (default: generated only)",
+        help="an examples.json of your own whose texts join the int8 calibration set (which "
+        "always has the project's examples, app/model/examples.json, and generated cases)",
     )
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     args = parser.parse_args(argv)
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or str(Path(args.model_path) / ONNX_DIR)
     examples = None
     if args.examples:
-        examples = json.loads(Path(args.examples).read_text(encoding="utf-8"))["examples"]
+        examples = load_examples(args.examples)
     for path in export(args.model_path, out, int8=args.int8, opset=args.opset, examples=examples):
         print(path)
     return 0

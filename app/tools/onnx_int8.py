@@ -3,9 +3,9 @@
 Why: dynamic int8 computes one activation scale per batch tensor at run time, so a request's
 logits (and sometimes its spans) changed with the requests it was batched with. Here every
 quantised activation has a scale and zero point measured once, on the calibration set (the
-examples and generated cases of app/tools/cases.py run through the fp32 graphs), so each token row
-is
-quantised on its own and a request gives the same output alone or in any batch.
+project's examples, app/model/examples.json, any examples of the user's own, and the generated
+cases of app/tools/cases.py, run through the fp32 graphs), so each token row is quantised on its
+own and a request gives the same output alone or in any batch.
 
 Format: QDQ (QuantizeLinear/DequantizeLinear around each MatMul with a constant weight; ONNX
 Runtime fuses them into int8 kernels at session start). Weights int8 symmetric per output
@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from app.model.examples import load_examples
 from app.tools.cases import generate_cases
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,11 @@ def record_feeds(
 
 
 def calibration_cases(examples: list[dict] | None = None) -> list[dict]:
-    """The examples (when given) and the generated calibration cases, each schema cut to its
-    first level: deeper levels feed the same kind of rows, but on a random checkpoint their
-    count can explode (a span at every token)."""
-    cases = list(examples or []) + generate_cases(CALIBRATION_CASES, CALIBRATION_SEED)
+    """The project's examples, then `examples` (a user's own, when given), then the generated
+    calibration cases; each schema cut to its first level: deeper levels feed the same kind of
+    rows, but on a random checkpoint their count can explode (a span at every token)."""
+    cases = load_examples() + list(examples or [])
+    cases += generate_cases(CALIBRATION_CASES, CALIBRATION_SEED)
     return [{**c, "schema": dict.fromkeys(c["schema"])} for c in cases]
 
 

@@ -16,10 +16,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.mix import find_examples
+from app.model.examples import load_examples
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = find_examples()
 ARTIFACTS = REPO / "tests" / "artifacts"
 
 # Small limits so every refusal is cheap to trigger; TORCH_THREADS=1 leaves a core for the test.
@@ -160,4 +159,4 @@ def server(start_server) -> ServerProcess:
 
 @pytest.fixture(scope="session")
 def examples() -> list[dict]:
-    return json.loads(EXAMPLES.read_text(encoding="utf-8"))["examples"]
+    return load_examples()

@@ -4,12 +4,15 @@ request mix, FLOP counts. The load generator's tests are in tests/infra/capacity
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from bench import agreement, mix, report, stats
 from bench.flops import count_request_flops
 from bench.stats import Sample
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_max_rate_under_slo_takes_the_best_step_that_meets_it():
@@ -36,13 +39,16 @@ def test_examples_file_lookup(tmp_path, monkeypatch):
     own = tmp_path / "mine.json"
     own.write_text('{"examples": []}')
     assert mix.find_examples(str(own)) == own
-    assert mix.find_examples() == mix.DEFAULT_EXAMPLES
+    # By default the project's own examples, inside the repository.
+    assert mix.find_examples() == mix.DEFAULT_EXAMPLES == REPO / "app" / "model" / "examples.json"
+    with pytest.raises(FileNotFoundError, match=r"examples\.json not found"):
+        mix.find_examples(str(tmp_path / "absent.json"))  # no silent fallback to the project's
     monkeypatch.setattr(mix, "DEFAULT_EXAMPLES", tmp_path / "absent.json")
     with pytest.raises(FileNotFoundError, match=r"examples\.json not found"):
         mix.find_examples()
 
 
-def test_single_level_mix_of_the_shared_examples():
+def test_single_level_mix_of_the_project_examples():
     examples = mix.load_examples(mix.find_examples())
     bodies = mix.single_level_mix(examples)
     assert 0 < len(bodies) < len(examples)

@@ -1,5 +1,5 @@
 """Task semantics (DESIGN.md §2) on the tiny random checkpoint: prompts, windows, offsets, the
-schema walk, batching, and golden outputs for every example of examples.json."""
+schema walk, batching, and golden outputs for every example of app/model/examples.json."""
 
 import json
 import os
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from app.model.errors import InputError, SchemaError, TooComplex
+from app.model.examples import load_examples
 from app.model.pipeline import (
     MAX_LEN,
     STRIDE,
@@ -27,9 +28,8 @@ from app.model.pipeline import (
     window_starts,
 )
 from app.runtime.torch_backend import load_backend
-from bench.mix import find_examples
 
-EXAMPLES = json.loads(find_examples().read_text())["examples"]
+EXAMPLES = load_examples()
 GOLDEN = Path(__file__).parent / "golden" / "tiny_seed_outputs.json"
 BY_TASK = {e["task"]: e for e in EXAMPLES}
 
