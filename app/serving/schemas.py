@@ -83,6 +83,23 @@ class BatchResponse(BaseModel):
     results: list[PredictResponse]
 
 
+class Example(BaseModel):
+    """One example request: a /predict body with its task type."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    task: str = Field(description="The task type, e.g. relation_extraction.")
+    label: str = Field(description="The task's name on the web page.")
+    text: str = Field(description="The text of the /predict body.")
+    schema_: dict[str, Any] = Field(alias="schema", description="The schema of the /predict body.")
+
+
+class ExamplesResponse(BaseModel):
+    """The project's example requests (app/model/examples.json), one per task type."""
+
+    examples: list[Example]
+
+
 class ErrorDetail(BaseModel):
     code: str = Field(description="Machine-readable cause, e.g. invalid_schema, overloaded.")
     message: str = Field(description="What went wrong, for a human.")

@@ -34,6 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import __version__
 from app.model.errors import InputError, SchemaError, TooComplex, UninluError
+from app.model.examples import load_examples
 from app.model.pipeline import parse_schema
 from app.serving.batching import Batcher, DeadlineExceeded, Job, NotAccepting, Overloaded
 from app.serving.cost import CostEstimate, estimate_cost
@@ -45,6 +46,7 @@ from app.serving.schemas import (
     BatchRequest,
     BatchResponse,
     ErrorResponse,
+    ExamplesResponse,
     HealthResponse,
     PredictRequest,
     PredictResponse,
@@ -277,6 +279,13 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         return FileResponse(STATIC_DIR / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    examples = ExamplesResponse(examples=load_examples())  # read and checked once, at start
+
+    @app.get("/examples", response_model=ExamplesResponse, summary="Example requests")
+    async def get_examples() -> ExamplesResponse:
+        """One example request per task type (app/model/examples.json): the web page's picker."""
+        return examples
 
     @app.get("/health", response_model=HealthResponse, summary="Liveness")
     async def health() -> HealthResponse:

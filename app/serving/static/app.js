@@ -4,53 +4,9 @@
 // through textContent, never innerHTML.
 "use strict";
 
-// One example per task type of the model card, with our own sentences.
-const EXAMPLES = [
-  { task: "named_entity_recognition", label: "命名实体识别 (NER)",
-    text: "2019年，张海峰从复旦大学毕业后加入了位于深圳的一家芯片公司。",
-    schema: { "人物": null, "地理位置": null, "组织机构": null } },
-  { task: "relation_extraction", label: "关系抽取",
-    text: "在杭州亚运会游泳比赛中，9月24日晚，中国选手张雨霏以56秒21的成绩夺得女子100米蝶泳冠军。",
-    schema: { "人物": { "比赛项目(赛事名称)": null, "参赛地点(城市)": null,
-      "获奖时间(时间)": null, "选手国籍(国籍)": null } } },
-  { task: "event_extraction", label: "事件抽取",
-    text: "3月5日晚，上海海港在主场以2-1击败了山东泰山。",
-    schema: { "胜负(事件触发词)": { "时间": null, "败者": null, "胜者": null, "赛事名称": null } } },
-  { task: "aspect_sentiment_extraction", label: "属性情感抽取",
-    text: "屏幕很清晰，电池不太耐用，客服态度不错",
-    schema: { "属性词": { "情感词": null } } },
-  { task: "aspect_sentiment_extraction_missing_aspect", label: "属性情感抽取（属性缺省，文本前加 #）",
-    text: "#物流很快，包装也很用心，总体挺划算",
-    schema: { "属性词": { "情感词": null } } },
-  { task: "aspect_sentiment_polarity", label: "属性情感极性",
-    text: "屏幕很清晰，电池不太耐用，客服态度不错",
-    schema: { "属性词": { "正向情感(情感词)": null, "负向情感(情感词)": null,
-      "中性情感(情感词)": null } } },
-  { task: "coreference", label: "指代消解",
-    text: "是的,不是|小王把借来的书还给了林老师（候选词），她(代词)笑着说下次再来。",
-    schema: { "在下面的描述中，代词“她”指代的是“林老师”吗？": null } },
-  { task: "sentiment_classification", label: "情感分类",
-    text: "正向,负向|这家小店的面分量很足，汤头也地道，下次还会再来。",
-    schema: { "情感分类": null } },
-  { task: "text_classification", label: "文本分类",
-    text: "教育,体育,财经,科技,旅游,军事|国产新型号手机芯片今日发布，功耗比上一代降低三成",
-    schema: { "分类": null } },
-  { task: "text_matching", label: "文本匹配",
-    text: "相似,不相似|怎么修改银行卡密码&银行卡的密码在哪里改",
-    schema: { "文本匹配": null } },
-  { task: "text_matching_yes_no", label: "文本匹配（是/否）",
-    text: "是的,不是|句子1：明天上午会下雨吗；句子2：明天早上天气怎么样",
-    schema: { "下面两句话的意思是否相同": null } },
-  { task: "natural_language_inference", label: "自然语言推理",
-    text: "蕴含,矛盾,中立|段落1：图书馆周末照常开放，晚上九点闭馆；段落2：周六晚上八点还能去图书馆",
-    schema: { "段落2和段落1的关系是：": null } },
-  { task: "multiple_choice_reading_comprehension", label: "选择式阅读理解",
-    text: "路上太堵,起床太晚,忘带钥匙,闹钟坏了|A：你今天怎么又迟到了？B：别提了，昨晚闹钟没电，我一觉睡到八点半。",
-    schema: { "B为什么迟到?": null } },
-  { task: "extractive_reading_comprehension", label: "抽取式阅读理解",
-    text: "青石镇位于浙江省西南部的山区，距县城约四十公里，镇上保存着一条明代修建的石板老街，全长六百余米。每年秋天，镇里都会举办为期一周的竹编文化节。",
-    schema: { "青石镇位于哪里？": null } },
-];
+// The project's example requests, one per task type: GET /examples (app/model/examples.json,
+// the one copy of them), fetched when the page starts.
+let EXAMPLES = [];
 
 const PALETTE = ["#ffe08a", "#b7e4c7", "#bcd7ff", "#ffc9de", "#d7c6ff", "#ffd3a8", "#c5f0f0",
   "#e6e9a1"];
@@ -231,19 +187,27 @@ async function submit(event) {
   }
 }
 
-function init() {
+async function init() {
+  $("schema").addEventListener("input", checkSchema);
+  $("form").addEventListener("submit", submit);
   const picker = $("example");
+  picker.addEventListener("change", () => loadExample(Number(picker.value)));
+  try {
+    const response = await fetch("/examples");
+    if (!response.ok) throw new Error(`GET /examples answered ${response.status}`);
+    EXAMPLES = (await response.json()).examples;
+  } catch (err) {
+    showError(`The examples could not be loaded (${err.message}); write a text and a schema.`);
+    return;
+  }
   EXAMPLES.forEach((ex, i) => {
     const option = document.createElement("option");
     option.value = String(i);
     option.dataset.task = ex.task;
-    option.textContent = ex.label;
+    option.textContent = ex.label || ex.task;
     picker.append(option);
   });
-  picker.addEventListener("change", () => loadExample(Number(picker.value)));
-  $("schema").addEventListener("input", checkSchema);
-  $("form").addEventListener("submit", submit);
-  loadExample(0);
+  if (EXAMPLES.length > 0) loadExample(0);
 }
 
 init();

@@ -58,6 +58,16 @@ def test_liveness_readiness_and_pages(server):
     )
 
 
+def test_examples_route_serves_the_project_examples(server, examples):
+    """GET /examples: app/model/examples.json as it is (the web page's picker reads it)."""
+    answer = httpx.get(server.url + "/examples")
+    assert answer.status_code == 200
+    assert answer.json() == {"examples": examples}
+    spec = httpx.get(server.url + "/openapi.json").json()
+    ok = spec["paths"]["/examples"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert ok["schema"] == {"$ref": "#/components/schemas/ExamplesResponse"}
+
+
 def test_predict_equals_the_pipeline_for_every_example(server, examples, tiny_model_dir):
     from app.runtime.torch_backend import load_backend
 

@@ -13,6 +13,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+STATIC = Path(__file__).resolve().parents[3] / "app" / "serving" / "static"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
     "--headless",
@@ -38,6 +39,7 @@ def page(server):
             lambda r: None if r.url.startswith(server.url) else outside.append(r.url),
         )
         page.goto(server.url + "/")
+        page.wait_for_selector("#example option", state="attached")  # GET /examples answered
         yield page
         assert not outside, f"the page fetched from outside the server: {outside}"
         browser.close()
@@ -46,6 +48,18 @@ def page(server):
 def test_picker_has_one_example_per_task_type(page, examples):
     tasks = page.eval_on_selector_all("#example option", "opts => opts.map(o => o.dataset.task)")
     assert sorted(tasks) == sorted(e["task"] for e in examples)
+    assert len(set(tasks)) == len(tasks)
+    labels = page.eval_on_selector_all("#example option", "opts => opts.map(o => o.textContent)")
+    assert labels == [e["label"] for e in examples]
+    # The first example is loaded into the form, from the server's one copy of the examples.
+    assert page.input_value("#text") == examples[0]["text"]
+    assert json.loads(page.input_value("#schema")) == examples[0]["schema"]
+
+
+def test_the_page_carries_no_copy_of_the_examples(examples):
+    script = (STATIC / "app.js").read_text(encoding="utf-8")
+    assert 'fetch("/examples")' in script
+    assert not [e["task"] for e in examples if e["text"] in script or e["task"] in script]
 
 
 def test_choosing_an_example_and_submitting_shows_spans(page, server):
