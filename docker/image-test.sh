@@ -12,8 +12,9 @@
 # READY_TIMEOUT (seconds to wait for /ready, default 180), IMAGE_TEST_KEEP=1 (keep the
 # container), IMAGE_TEST_TARGETS (default: "runtime runtime-onnx"), IMAGE_TEST_ONNX_BACKEND
 # (onnx | onnx-int8: the runtime-onnx image's backend, default onnx), IMAGE_TEST_MODEL (a
-# checkpoint directory to bake instead of the tiny one, e.g. .models/base: the real image size).
-# The examples file (../shared/examples.json), when present, is the `calibration` context.
+# checkpoint directory to bake instead of the tiny one, e.g. .models/base: the real image size),
+# IMAGE_TEST_EXAMPLES (an examples.json of your own traffic: the `calibration` context, whose texts
+# join the project's examples, app/model/examples.json, in the int8 calibration set).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,7 +28,7 @@ CONTAINER="uninlu-image-test-$$"
 READY_TIMEOUT="${READY_TIMEOUT:-180}"
 ONNX_BACKEND="${IMAGE_TEST_ONNX_BACKEND:-onnx}"
 MODEL_SRC="${IMAGE_TEST_MODEL:-}"
-EXAMPLES="$(dirname "$ROOT")/shared/examples.json"
+EXAMPLES="${IMAGE_TEST_EXAMPLES:-}"
 case "$ONNX_BACKEND" in onnx | onnx-int8) ;; *) echo "IMAGE_TEST_ONNX_BACKEND: onnx or onnx-int8" >&2; exit 2 ;; esac
 # runc and small default ulimits: the only podman settings that work on these hosts (OFFLINE.md).
 export CONTAINERS_CONF="$ROOT/docker/containers.conf"
@@ -97,7 +98,10 @@ else
     "$PY" -m app.tools.random_checkpoint --size tiny --seed 4 --out "$WORK/model" >/dev/null
 fi
 mkdir -p "$WORK/calibration"
-[ -f "$EXAMPLES" ] && cp "$EXAMPLES" "$WORK/calibration/examples.json"
+if [ -n "$EXAMPLES" ]; then
+    [ -f "$EXAMPLES" ] || die "IMAGE_TEST_EXAMPLES: no file $EXAMPLES"
+    cp "$EXAMPLES" "$WORK/calibration/examples.json"
+fi
 # What the containers must answer: the host's own pipeline on the same checkpoint (for onnx-int8,
 # on int8 graphs the host exports with the same recipe and calibration set: static int8 is
 # deterministic, so the image's graphs answer the same).
