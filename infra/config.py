@@ -14,7 +14,14 @@ from typing import Annotated, Any, Literal
 
 import pulumi
 from pulumi.runtime import config as runtime_config
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from app.contract.metrics import LATENCY_BUCKETS
@@ -33,6 +40,15 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _CPU_UNITS = {"m": 0.001, "": 1.0, "k": 1e3}
 
 Quantity = Annotated[str, Field(pattern=_QUANTITY)]
+
+RUNTIMES = ("onnx", "onnx-int8", "torch")
+# Removed values and keys: they stop the preview with what is accepted now, never a bare
+# "unknown key" or a list of literals.
+_REMOVED_RUNTIMES = {"torch-int8": ("the torch dynamic int8 backend", "onnx-int8")}
+_REMOVED_SERVER_KEYS = {
+    "threadTuning": "the server always runs torchThreads intra-op threads (what "
+    "threadTuning: fixed did)",
+}
 
 
 class ConfigError(pulumi.RunError):
@@ -90,6 +106,16 @@ class ImageSettings(_Model):
     runtime: Literal["onnx", "onnx-int8", "torch"] = "onnx"
     torch_index_url: str = Field(DEFAULT_TORCH_INDEX_URL, pattern=r"^https?://")
     username: str | None = Field(None, min_length=1)
+
+    @field_validator("runtime", mode="before")
+    @classmethod
+    def _reject_removed_runtimes(cls, value: Any) -> Any:
+        if isinstance(value, str) and value in _REMOVED_RUNTIMES:
+            what, instead = _REMOVED_RUNTIMES[value]
+            raise ValueError(
+                f"{value} was removed ({what}): use {instead}; accepted: {', '.join(RUNTIMES)}"
+            )
+        return value
 
     @property
     def name(self) -> str:
@@ -197,7 +223,6 @@ class Server(_Model):
 
     device: Literal["auto", "cpu", "cuda"] | None = None
     torch_threads: int | None = Field(None, ge=1)
-    thread_tuning: Literal["adaptive", "fixed"] | None = None
     omp_wait_policy: Literal["ACTIVE", "PASSIVE"] | None = None
     intra_op_spinning: bool | None = None
     max_text_chars: int | None = Field(None, ge=1)
@@ -208,6 +233,17 @@ class Server(_Model):
     log_format: Literal["json", "text"] | None = None
     graceful_shutdown_seconds: int | None = Field(None, ge=0)
     request_timeout_seconds: float | None = Field(None, gt=0, le=3600)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, now in _REMOVED_SERVER_KEYS.items():
+                if key in data:
+                    raise ValueError(
+                        f"{key} was removed: {now}; delete the key from the stack file"
+                    )
+        return data
 
 
 class Alerts(_Model):

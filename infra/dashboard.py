@@ -148,14 +148,6 @@ PANELS: tuple[PanelSpec, ...] = (
         ),
     ),
     PanelSpec(
-        "Backend threads per call",
-        "Intra-op threads of each pod's last backend call by stage: torch's adaptive count "
-        "(THREAD_TUNING) falls below server.torchThreads while a core of the pod is taken "
-        "(CPU-limit throttling, a neighbour); ONNX's is fixed.",
-        "short",
-        (_q(f"min by (pod, stage) (uninlu_backend_threads{{{NS}}})", "{{pod}} {{stage}}"),),
-    ),
-    PanelSpec(
         "In-flight requests",
         "HTTP requests being handled now, per pod.",
         "short",

@@ -131,9 +131,19 @@ CASES = {
         {"overrides": {"server": {**prod_value("server"), "requestTimeoutSeconds": 0}}},
         ["uninlu:server.requestTimeoutSeconds", "greater than 0"],
     ),
-    "unknown thread tuning": (
-        {"overrides": {"server": {**prod_value("server"), "threadTuning": "auto"}}},
-        ["uninlu:server.threadTuning", "'adaptive' or 'fixed'"],
+    "the removed threadTuning key": (
+        {"overrides": {"server": {**prod_value("server"), "threadTuning": "fixed"}}},
+        [
+            "  uninlu:server: threadTuning was removed: the server always runs torchThreads "
+            "intra-op threads (what threadTuning: fixed did); delete the key from the stack file"
+        ],
+    ),
+    "the removed torch-int8 runtime": (
+        {"overrides": with_changes("image", runtime="torch-int8")},
+        [
+            "  uninlu:image.runtime: torch-int8 was removed (the torch dynamic int8 backend): use "
+            "onnx-int8; accepted: onnx, onnx-int8, torch (got 'torch-int8')"
+        ],
     ),
     "unknown image runtime": (
         {"overrides": with_changes("image", runtime="tensorrt")},

@@ -32,7 +32,6 @@ def test_panels_cover_the_operators_questions():
         "Queue wait",
         "Batch size",
         "Inference time by stage",
-        "Backend threads",
         "Rejections by reason",
         "In-flight requests",
         "Model load time",
