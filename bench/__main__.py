@@ -53,26 +53,14 @@ def configurations(threads: int) -> list[Config]:
         Config(
             "baseline",
             "torch fp32, one request per model call (no cross-request batching), like the seed",
-            {**common, "BACKEND": "torch", "MAX_BATCH_REQUESTS": "1", "THREAD_TUNING": "fixed"},
+            {**common, "BACKEND": "torch", "MAX_BATCH_REQUESTS": "1"},
             [1, 1.5, 2, 3, 4, 5, 6],
         ),
         Config(
             "torch",
-            "torch fp32, batching, always TORCH_THREADS (THREAD_TUNING=fixed, the default)",
+            "torch fp32, batching, always TORCH_THREADS",
             {**common, "BACKEND": "torch"},
             fp32,
-        ),
-        Config(
-            "torch-adaptive",
-            "torch fp32, batching, adaptive threads (THREAD_TUNING=adaptive: TORCH_THREADS or 1)",
-            {**common, "BACKEND": "torch", "THREAD_TUNING": "adaptive"},
-            fp32,
-        ),
-        Config(
-            "torch-int8",
-            "torch dynamic int8 linears, batching",
-            {**common, "BACKEND": "torch-int8"},
-            ladder,
         ),
         Config("onnx", "ONNX Runtime fp32, batching", {**common, "BACKEND": "onnx"}, fp32, True),
         Config(

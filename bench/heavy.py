@@ -1,7 +1,8 @@
 """`python -m bench.heavy`: what one heavy request does to everyone else (issue 15).
 
-Two measurements, each for the old scheduler (SCHEDULER=legacy: a request's whole step per round)
-and the new ones, on a real server (`python -m app`) per scheduler:
+Two measurements of the server's scheduler (least attained service first, app/serving/batching.py)
+on a real server (`python -m app`); the figures of the schedulers it was chosen against, since
+removed, are in bench/README.md ("Heavy requests"):
 
 - `--mode probe` (the issue's report, before/after): a short NER request alone; the same short
   request sent 0.1 s after one heavy request (a 3,000-character text, a flat schema of 10 types);
@@ -34,7 +35,6 @@ from infra.capacity import loadgen
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / ".models" / "base"
 DEFAULT_OUT = REPO / "bench" / "out"
-SCHEDULERS = ("legacy", "round_robin", "least_attained", "shortest_remaining")
 HEAVY_TYPES = ("人物", "地点", "组织机构", "时间", "事件", "产品", "数量", "职位", "作品", "奖项")
 SHORT = {"text": "去年秋天，陈晓明在南京大学做了一场关于机器人的报告。", "schema": {"人物": None}}
 
@@ -46,12 +46,11 @@ def heavy_body(examples: list[dict], chars: int = 3000, types: int = 10) -> dict
     return {"text": text, "schema": dict.fromkeys(HEAVY_TYPES[:types])}
 
 
-def server_env(args, scheduler: str) -> dict[str, str]:
+def server_env(args) -> dict[str, str]:
     return {
         "MODEL_PATH": str(args.model),
         "BACKEND": args.backend,
         "TORCH_THREADS": str(args.threads),
-        "SCHEDULER": scheduler,
         "LOG_LEVEL": "WARNING",
         "GRACEFUL_SHUTDOWN_SECONDS": "2",
         "MAX_TEXT_CHARS": "10000",
@@ -125,17 +124,17 @@ async def load(base_url: str, shorts: list[dict], heavy: dict, args) -> dict:
 
 def table(mode: str, rows: list[dict]) -> str:
     if mode == "probe":
-        head = "| scheduler | short alone p50 | short 0.1 s after a heavy one | heavy | short after the heavy client left at 1 s |"  # noqa: E501
+        head = "| backend | short alone p50 | short 0.1 s after a heavy one | heavy | short after the heavy client left at 1 s |"  # noqa: E501
         cells = [
-            f"| {r['scheduler']} | {r['short_alone_p50_s']:.3f} s"
+            f"| {r['backend']} | {r['short_alone_p50_s']:.3f} s"
             f" | {r['short_behind_heavy_s']:.3f} s | {r['heavy_s']:.2f} s"
             f" | {r['short_after_heavy_client_left_s']:.3f} s |"
             for r in rows
         ]
     else:
-        head = "| scheduler | short p50 | short p95 | with heavy: short p50 | short p95 | heavy p50 (ok/sent) |"  # noqa: E501
+        head = "| backend | short p50 | short p95 | with heavy: short p50 | short p95 | heavy p50 (ok/sent) |"  # noqa: E501
         cells = [
-            f"| {r['scheduler']} | {r['short_p50_s']:.3f} s | {r['short_p95_s']:.3f} s"
+            f"| {r['backend']} | {r['short_p50_s']:.3f} s | {r['short_p95_s']:.3f} s"
             f" | {r['short_p50_with_heavy_s']:.3f} s | {r['short_p95_with_heavy_s']:.3f} s"
             f" | {r['heavy_p50_s'] or 0:.2f} s ({r['heavy_ok']}/{r['heavy_sent']}) |"
             for r in rows
@@ -152,7 +151,6 @@ def parse_args(argv):
     p.add_argument(
         "--examples", default=None, help="examples.json (default: app/model/examples.json)"
     )
-    p.add_argument("--schedulers", default="legacy,least_attained", help="comma-separated")
     p.add_argument("--backend", default="onnx-int8")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--slice-tokens", type=int, default=0, help="SLICE_TOKENS (0: default)")
@@ -167,27 +165,21 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wanted = args.schedulers.split(",")
-    unknown = set(wanted) - set(SCHEDULERS)
-    if unknown:
-        sys.exit(f"unknown scheduler(s): {', '.join(sorted(unknown))}")
     if not (args.model / "config.json").is_file():
         sys.exit(f"no checkpoint in {args.model}: run `make bench` once, or pass --model")
     examples = mix.load_examples(mix.find_examples(args.examples))
     heavy = heavy_body(examples, args.chars, args.types)
     shorts = mix.single_level_mix(examples)
-    rows = []
-    for scheduler in wanted:
-        log = args.out / "logs" / f"heavy-{args.mode}-{scheduler}.log"
-        onnx = args.backend.startswith("onnx")
-        with ServerProcess(server_env(args, scheduler), log, without_torch=onnx) as server:
-            print(f"== {scheduler}: ready after {server.ready_s:.1f} s", flush=True)
-            if args.mode == "probe":
-                result = asyncio.run(probe(server.base_url, heavy, args.repeats))
-            else:
-                result = asyncio.run(load(server.base_url, shorts, heavy, args))
-        rows.append({"scheduler": scheduler, **result})
-        print(json.dumps(rows[-1]), flush=True)
+    log = args.out / "logs" / f"heavy-{args.mode}.log"
+    onnx = args.backend.startswith("onnx")
+    with ServerProcess(server_env(args), log, without_torch=onnx) as server:
+        print(f"== {args.backend}: ready after {server.ready_s:.1f} s", flush=True)
+        if args.mode == "probe":
+            result = asyncio.run(probe(server.base_url, heavy, args.repeats))
+        else:
+            result = asyncio.run(load(server.base_url, shorts, heavy, args))
+    rows = [{"backend": args.backend, **result}]
+    print(json.dumps(rows[0]), flush=True)
     out = args.out / f"heavy-{args.mode}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("model", "out")}

@@ -17,9 +17,8 @@ def test_heavy_body_is_a_long_text_with_a_flat_schema():
 
 def test_probe_runs_end_to_end_and_writes_its_figures(tiny_model_dir, tmp_path):
     argv = ["--model", str(tiny_model_dir), "--backend", "torch", "--threads", "1",
-            "--schedulers", "round_robin", "--repeats", "1", "--chars", "600", "--out",
-            str(tmp_path)]  # fmt: skip
+            "--repeats", "1", "--chars", "600", "--out", str(tmp_path)]  # fmt: skip
     assert heavy.main(argv) == 0
     (row,) = json.loads((tmp_path / "heavy-probe.json").read_text())["rows"]
-    assert row["scheduler"] == "round_robin" and row["heavy_status"] == 200
+    assert row["backend"] == "torch" and row["heavy_status"] == 200
     assert row["short_behind_heavy_s"] > 0 and row["short_after_heavy_client_left_s"] > 0
