@@ -25,7 +25,7 @@ from infra import monitoring
 from infra.chart_render import render_chart, write_rule_file
 from infra.dashboard import PANELS
 from tests.app.conftest import ServerProcess, free_port
-from tests.app.test_server_load import HEAVY
+from tests.app.serving.test_server_load import HEAVY
 
 NAMESPACE = "ml"
 MIN_WINDOW_SECONDS = 8.0
