@@ -166,7 +166,7 @@ def _path(parts: list) -> str:
     return out
 
 
-def _short(value: Any, limit: int = 80) -> str:
+def _short(value: Any, limit: int = 120) -> str:
     text = json.dumps(value, ensure_ascii=False, sort_keys=False, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
