@@ -73,8 +73,9 @@ preview: ## pulumi preview --diff for STACK
 
 # make diff STACK=prod [BASE=<git ref>]: exits 0 without changes; with changes (the tool's 2) or an
 # error (its 1) make itself exits 2. Scripts that must tell the two apart run the tool directly.
-diff: venv ## the Kubernetes diff of STACK against BASE (default: merge base with main), helm-diff style, with the capacity consequence
+diff: ## the Kubernetes diff of STACK against BASE (default: merge base with main), helm-diff style, with the capacity consequence
 	$(require_stack)
+	@$(MAKE) --no-print-directory venv
 	@$(PY) -m infra.review --stack $(STACK) $(if $(BASE),--base '$(BASE)',)
 
 kind-up: ## the dev stack's laptop cluster: kind, registry localhost:5001, buildx builder (idempotent)

@@ -136,14 +136,18 @@ def build(
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Every secret value (and each long line of a multi-line one, such as a kubeconfig's
-    certificates and tokens) replaced by ***."""
+    """Every secret value (and each long line, or long value of a line, of a multi-line one such
+    as a kubeconfig's certificates and tokens) replaced by ***."""
     needles: set[str] = set()
     for value in secrets:
         if not value:
             continue
         needles.add(value)
-        needles |= {line.strip() for line in value.splitlines() if len(line.strip()) >= 16}
+        for line in value.splitlines():
+            # A line, and its value after `key: ` (a kubeconfig's token, certificate data).
+            for part in (line.strip(), line.rsplit(": ", 1)[-1].strip(" \"'")):
+                if len(part) >= 16:
+                    needles.add(part)
     for needle in sorted(needles, key=len, reverse=True):
         text = text.replace(needle, "***")
     return text

@@ -1,0 +1,182 @@
+"""The pull request's one review comment (infra/review/comment.py): what `build` writes from the
+reports and previews, and how `post` finds the comment to update instead of adding one per push,
+against a fake of GitHub's comments API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infra.review import comment
+from infra.review.comment import BOT, LIMIT, MARKER, build, post, scrub, upsert
+
+CHANGED = """\
+make diff STACK=prod: 1a2b3c4 -> working tree
+! prod: the declared peak 25 texts/s is out of reach within the SLO: 2 pods x 8 texts/s = 16 \
+texts/s at most
+Plan: 0 to add, 1 to change, 0 to destroy.
+
+uninlu, uninlu, HorizontalPodAutoscaler (autoscaling) has changed:
+  ~ spec.maxReplicas: 5 -> 2
+-   maxReplicas: 5
++   maxReplicas: 2
+"""
+
+
+def write(directory: Path, name: str, text: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text(text)
+
+
+@pytest.fixture
+def dirs(tmp_path) -> tuple[Path, Path]:
+    reports, previews = tmp_path / "review", tmp_path / "previews"
+    write(reports, "dev.txt", "make diff STACK=dev: 1a2b3c4 -> working tree\nno changes\n")
+    write(reports, "dev.rc", "0\n")
+    write(reports, "prod.txt", CHANGED)
+    write(reports, "prod.rc", "2\n")
+    write(previews, "dev.txt", "\x1b[1mPreviewing update (dev)\x1b[0m\n~ 1 to update\n")
+    return reports, previews
+
+
+def test_the_body_starts_with_the_marker_and_has_each_stack(dirs):
+    body = build(["dev", "prod"], *dirs, run_url="https://ci/run/1", sha="0123456789")
+    assert body.startswith(MARKER + "\n")
+    assert "#### dev: no changes" in body
+    assert "#### prod: changes: 0 to add, 1 to change, 0 to destroy" in body
+    # The report in a diff block, so + and - lines read green and red.
+    assert "<summary><code>make diff STACK=prod</code></summary>\n\n```diff\n" in body
+    assert "-   maxReplicas: 5\n+   maxReplicas: 2" in body
+    # A problem stands outside the fold.
+    assert "> **prod: the declared peak 25 texts/s is out of reach" in body
+    # The preview, without terminal colours; prod has none, and says so.
+    assert "Previewing update (dev)" in body and "\x1b[" not in body
+    assert "_No Pulumi preview for prod: its job did not run or did not finish._" in body
+    assert "Commit 0123456. [Run](https://ci/run/1)." in body
+
+
+def test_short_blocks_are_open_and_long_ones_collapsed(dirs):
+    reports, previews = dirs
+    write(previews, "prod.txt", "".join(f"+ resource {i}\n" for i in range(200)))
+    body = build(["dev", "prod"], reports, previews)
+    assert "<details open><summary><code>make diff STACK=prod</code>" in body
+    assert "<details><summary><code>pulumi preview --diff --stack prod</code>" in body
+
+
+def test_a_huge_report_is_cut_to_fit_githubs_limit(dirs):
+    reports, previews = dirs
+    write(reports, "prod.txt", CHANGED + "".join(f"+ line {i:06d}\n" for i in range(20_000)))
+    write(previews, "prod.txt", "".join(f"  preview {i:06d}\n" for i in range(20_000)))
+    body = build(["dev", "prod"], reports, previews, run_url="https://ci/run/1")
+    assert len(body) <= LIMIT
+    assert body.count("more lines cut to fit the comment") == 2
+    assert "the whole text is in the run's artifacts (https://ci/run/1)" in body
+    assert body.count("<details") == body.count("</details>") == 4
+    assert "> **prod: the declared peak" in body  # the problems are never cut
+
+
+def test_a_fence_inside_the_text_does_not_end_the_block(dirs):
+    reports, previews = dirs
+    write(previews, "dev.txt", "a\n```\nb\n")
+    body = build(["dev"], reports, previews)
+    assert "````\na\n```\nb\n````" in body
+
+
+def test_an_error_is_reported_as_such(dirs):
+    reports, previews = dirs
+    write(reports, "prod.txt", "make diff: error: invalid stack config in Pulumi.prod.yaml:\n")
+    write(reports, "prod.rc", "1\n")
+    assert "#### prod: error" in build(["prod"], reports, previews)
+
+
+def test_scrub_takes_out_every_secret_value_and_each_long_line_of_one():
+    kubeconfig = "apiVersion: v1\nusers:\n- token: abcdefghijklmnopqrstuvwxyz0123\n"
+    text = "password hunter2-registry-token ok\ncert abcdefghijklmnopqrstuvwxyz0123\nusers:\n"
+    cleaned = scrub(text, ["hunter2-registry-token", kubeconfig, ""])
+    assert "hunter2" not in cleaned and "abcdefghijklmnop" not in cleaned
+    assert "users:" in cleaned  # short lines of a multi-line secret are not secrets
+
+
+class FakeGitHub:
+    """The comments of one pull request, as GitHub's REST API lists them (issue comments)."""
+
+    def __init__(self, comments: list[dict], head: str = "feed") -> None:
+        self.items = comments
+        self.head = head
+        self.calls: list[tuple] = []
+
+    def comments(self, pr: int) -> list[dict]:
+        return list(self.items)
+
+    def head_sha(self, pr: int) -> str:
+        return self.head
+
+    def update(self, comment_id: int, body: str) -> None:
+        self.calls.append(("update", comment_id))
+        next(c for c in self.items if c["id"] == comment_id)["body"] = body
+
+    def create(self, pr: int, body: str) -> int:
+        new_id = max((c["id"] for c in self.items), default=0) + 1
+        self.items.append({"id": new_id, "user": {"login": BOT}, "body": body})
+        self.calls.append(("create", new_id))
+        return new_id
+
+
+def by(login: str, body: str, comment_id: int) -> dict:
+    return {"id": comment_id, "user": {"login": login, "type": "Bot"}, "body": body}
+
+
+def test_the_first_push_creates_the_comment_and_every_later_push_updates_it():
+    api = FakeGitHub([by("alice", "LGTM", 1)])
+    assert upsert(api, 7, MARKER + "\nfirst") == ("created", 2)
+    assert upsert(api, 7, MARKER + "\nsecond") == ("updated", 2)
+    assert upsert(api, 7, MARKER + "\nthird") == ("updated", 2)
+    assert [c["body"] for c in api.items] == ["LGTM", MARKER + "\nthird"]
+    assert api.calls == [("create", 2), ("update", 2), ("update", 2)]
+
+
+def test_only_the_bots_own_marked_comment_is_updated():
+    api = FakeGitHub(
+        [
+            by("mallory", MARKER + "\nquoting the marker", 3),
+            by(BOT, "a comment of another workflow", 4),
+            by(BOT, MARKER + "\nold report", 5),
+            by(BOT, MARKER + "\na duplicate from a race", 9),
+        ]
+    )
+    assert upsert(api, 7, MARKER + "\nnew") == ("updated", 5)
+    assert api.items[0]["body"] == MARKER + "\nquoting the marker"
+    assert api.items[2]["body"] == MARKER + "\nnew"
+
+
+@pytest.mark.parametrize(
+    ("pr_text", "body", "head", "message"),
+    [
+        ("7; rm -rf /", MARKER, "feed", "not a pull request number"),
+        ("0", MARKER, "feed", "not a pull request number"),
+        ("7", "no marker", "feed", "does not start with the review marker"),
+        ("7", MARKER, "beef", "pull request 7 is not at beef"),
+    ],
+)
+def test_post_checks_the_artifacts_data(pr_text, body, head, message):
+    api = FakeGitHub([])
+    with pytest.raises(ValueError, match=message):
+        post(api, pr_text, body, head)
+    assert api.calls == []
+
+
+def test_post_creates_then_updates_the_one_comment():
+    api = FakeGitHub([])
+    assert post(api, "7\n", MARKER + "\nreport", "feed") == ("created", 1)
+    assert post(api, "7\n", MARKER + "\n" + "x" * (LIMIT + 10), "feed") == ("updated", 1)
+    assert len(api.items) == 1 and len(api.items[0]["body"]) <= LIMIT
+
+
+def test_the_command_line_builds_the_file(dirs, tmp_path, capsys):
+    out = tmp_path / "comment" / "comment.md"
+    code = comment.main(
+        ["build", "--stacks", "dev,prod", "--reports", str(dirs[0]), "--previews", str(dirs[1]),
+         "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0 and out.read_text().startswith(MARKER)
