@@ -24,13 +24,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-# Run as a script, its own folder would come first on sys.path: the tree's code must win.
-ROOT = Path.cwd()
-sys.path[0] = str(ROOT)
-
-import pulumi  # noqa: E402  (after choosing which tree's code is imported)
-import yaml  # noqa: E402
-from pulumi.runtime import rpc  # noqa: E402
+import pulumi
+import yaml
+from pulumi.runtime import rpc
 
 IMAGE_TYPE = "docker-build:index:Image"
 RELEASE_TYPE = "kubernetes:helm.sh/v3:Release"
@@ -120,11 +116,13 @@ def settings_of(config: dict[str, str], secret_keys: list[str], project: str) ->
     return out
 
 
-def probe(stack: str) -> dict[str, Any]:
-    path = ROOT / f"Pulumi.{stack}.yaml"
+def probe(root: Path, stack: str) -> dict[str, Any]:
+    """Run `root`'s program for `stack` (`root` must be the working directory and come first on
+    sys.path, so that `infra.program` is that tree's)."""
+    path = root / f"Pulumi.{stack}.yaml"
     if not path.is_file():
         return {"stack": stack, "missing": True}
-    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text(encoding="utf-8"))["name"]
+    project = yaml.safe_load((root / "Pulumi.yaml").read_text(encoding="utf-8"))["name"]
     stand_in = "stand-in-" + secrets.token_hex(16)
     config, secret_keys = stack_config(project, path, stand_in)
     mocks = Mocks()
@@ -176,8 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stack", required=True)
     args = parser.parse_args(argv)
+    # Run as a script, this file's folder comes first on sys.path: the tree's own code must.
+    root = Path.cwd()
+    sys.path[0] = str(root)
     try:
-        result = probe(args.stack)
+        result = probe(root, args.stack)
     except Exception as err:  # the program's own message: a ConfigError names key and file
         message = str(err).strip() or type(err).__name__
         if not isinstance(err, pulumi.RunError):
