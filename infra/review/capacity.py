@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
 from infra.capacity import plan, records
@@ -56,6 +57,10 @@ def _validated(raw: dict[str, Any]) -> Settings:
     return Settings.model_validate({k: v for k, v in raw.items() if k in known})
 
 
+# Server settings that change no pod's capacity (logging, the shutdown budget).
+_NOT_CAPACITY = {"log_level", "log_format", "graceful_shutdown_seconds"}
+
+
 def _inputs(settings: Settings) -> dict[str, Any]:
     """What the consequence depends on in the stack: autoscaling, resources, capacity, the
     runtime and the server's limits."""
@@ -65,8 +70,17 @@ def _inputs(settings: Settings) -> dict[str, Any]:
         "resources": settings.resources.model_dump() if settings.resources else None,
         "capacity": settings.capacity.model_dump(),
         "runtime": settings.image.runtime,
-        "server": settings.server.model_dump(),
+        "server": settings.server.model_dump(exclude=_NOT_CAPACITY),
     }
+
+
+def _chart_defaults(chart_values: Path) -> tuple:
+    """What the simulation reads from the chart: its HPA behaviour and readiness period."""
+    if not chart_values.is_file():
+        return (None, None)
+    values = yaml.safe_load(chart_values.read_text(encoding="utf-8")) or {}
+    readiness = ((values.get("probes") or {}).get("readiness") or {}).get("periodSeconds")
+    return ((values.get("autoscaling") or {}).get("behavior"), readiness)
 
 
 def figures(settings: Settings, side: Side) -> Figures:
@@ -223,8 +237,7 @@ def consequence(stack: str, before: Side, after: Side) -> Consequence | None:
     def depends(settings: Settings, side: Side) -> tuple:
         cpus = pod_cpus(settings)
         record = records.load(settings.image.runtime, cpus, side.capacity_file) if cpus else None
-        chart = side.chart_values.read_bytes() if side.chart_values.is_file() else b""
-        return (_inputs(settings), record, chart)
+        return (_inputs(settings), record, _chart_defaults(side.chart_values))
 
     if isinstance(old_settings, Settings) and depends(old_settings, before) == depends(
         new_settings, after

@@ -228,7 +228,8 @@ def render(side: Rendered) -> None:
 def _release_settings(release: dict[str, Any] | None) -> dict[str, Any] | None:
     if release is None:
         return None
-    return {key: value for key, value in release.items() if key not in ("resource", "chart")}
+    settings = {key: release.get(key) for key in ("name", "namespace", "version", "values")}
+    return settings | (release.get("inputs") or {})
 
 
 def release_sections(base: Rendered, head: Rendered) -> list[str]:

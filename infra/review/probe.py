@@ -149,6 +149,12 @@ def probe(root: Path, stack: str) -> dict[str, Any]:
                     "version": given.get("version"),
                     "namespace": given.get("namespace"),
                     "values": given.get("values") or {},
+                    # What else Helm is told: timeout, atomic, the repository, ...
+                    "inputs": {
+                        key: value
+                        for key, value in given.items()
+                        if key not in ("name", "chart", "version", "namespace", "values")
+                    },
                 }
             )
         elif typ == IMAGE_TYPE:
