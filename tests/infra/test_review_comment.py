@@ -4,7 +4,12 @@ against a fake of GitHub's comments API."""
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
 from pathlib import Path
+from typing import ClassVar
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -180,3 +185,65 @@ def test_the_command_line_builds_the_file(dirs, tmp_path, capsys):
          "--out", str(out)]
     )  # fmt: skip
     assert code == 0 and out.read_text().startswith(MARKER)
+
+
+class _FakeRestApi(http.server.BaseHTTPRequestHandler):
+    """GitHub's REST endpoints that `post` calls, over HTTP: 130 comments (two pages), PR 7."""
+
+    comments: ClassVar[list[dict]] = []
+    seen: ClassVar[list[tuple[str, str, str]]] = []
+
+    def _reply(self, payload) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> dict:
+        return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+
+    def do_GET(self):
+        self.seen.append(("GET", self.path, self.headers["Authorization"]))
+        if self.path == "/repos/o/r/pulls/7":
+            return self._reply({"head": {"sha": "feed"}})
+        page = int(parse_qs(urlparse(self.path).query)["page"][0])
+        return self._reply(self.comments[(page - 1) * 100 : page * 100])
+
+    def do_PATCH(self):
+        self.seen.append(("PATCH", self.path, self._body()["body"]))
+        return self._reply({})
+
+    def do_POST(self):
+        self.seen.append(("POST", self.path, self._body()["body"]))
+        return self._reply({"id": 999})
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_rest_client_pages_through_comments_and_updates_the_marked_one():
+    _FakeRestApi.comments = [by("alice", f"comment {i}", i) for i in range(1, 131)]
+    _FakeRestApi.comments[120] = by(BOT, MARKER + "\nold", 121)  # on the second page
+    _FakeRestApi.seen = []
+    server = http.server.HTTPServer(("127.0.0.1", 0), _FakeRestApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        api = comment.GitHub("o/r", "t0ken", f"http://127.0.0.1:{server.server_port}")
+        assert post(api, "7", MARKER + "\nnew", "feed") == ("updated", 121)
+        _FakeRestApi.comments[120] = by("alice", "no marker any more", 121)
+        assert post(api, "7", MARKER + "\nnew", "feed") == ("created", 999)
+    finally:
+        server.shutdown()
+        server.server_close()
+    calls = [(method, path) for method, path, _ in _FakeRestApi.seen]
+    assert calls[:4] == [
+        ("GET", "/repos/o/r/pulls/7"),
+        ("GET", "/repos/o/r/issues/7/comments?per_page=100&page=1"),
+        ("GET", "/repos/o/r/issues/7/comments?per_page=100&page=2"),
+        ("PATCH", "/repos/o/r/issues/comments/121"),
+    ]
+    assert calls[-1] == ("POST", "/repos/o/r/issues/7/comments")
+    assert _FakeRestApi.seen[0][2] == "Bearer t0ken"
