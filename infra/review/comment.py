@@ -220,6 +220,11 @@ def upsert(api: Api, pr: int, body: str, bot: str = BOT) -> tuple[str, int]:
     return "created", api.create(pr, body)
 
 
+class Stale(ValueError):
+    """The pull request is no longer at the run's commit: a newer run posts its own report (or
+    the artifact names another pull request). Nothing is posted, and that is no failure."""
+
+
 def post(api: Api, pr_text: str, body: str, head_sha: str) -> tuple[str, int]:
     """The artifact's PR number and body are data from a pull request's run: check them."""
     if not re.fullmatch(r"[1-9][0-9]{0,9}", pr_text.strip()):
@@ -228,7 +233,7 @@ def post(api: Api, pr_text: str, body: str, head_sha: str) -> tuple[str, int]:
     if not body.startswith(MARKER):
         raise ValueError("the body does not start with the review marker")
     if api.head_sha(pr) != head_sha:
-        raise ValueError(f"pull request {pr} is not at {head_sha}: not this run's pull request")
+        raise Stale(f"pull request {pr} is not at {head_sha} (any more): a newer run posts")
     if len(body) > LIMIT:
         body = body[: LIMIT - 40] + "\n\n… cut to fit the comment\n"
     return upsert(api, pr, body)
@@ -273,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         body = args.body.read_text(encoding="utf-8")
         try:
             action, comment_id = post(api, args.pr_file.read_text(), body, args.head_sha)
+        except Stale as err:
+            print(f"no comment posted: {err}")
+            return 0
         except ValueError as err:
             print(f"no comment posted: {err}", file=sys.stderr)
             return 1

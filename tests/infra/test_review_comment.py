@@ -161,7 +161,7 @@ def test_only_the_bots_own_marked_comment_is_updated():
         ("7; rm -rf /", MARKER, "feed", "not a pull request number"),
         ("0", MARKER, "feed", "not a pull request number"),
         ("7", "no marker", "feed", "does not start with the review marker"),
-        ("7", MARKER, "beef", "pull request 7 is not at beef"),
+        ("7", MARKER, "beef", "pull request 7 is not at beef \\(any more\\)"),
     ],
 )
 def test_post_checks_the_artifacts_data(pr_text, body, head, message):
@@ -169,6 +169,22 @@ def test_post_checks_the_artifacts_data(pr_text, body, head, message):
     with pytest.raises(ValueError, match=message):
         post(api, pr_text, body, head)
     assert api.calls == []
+
+
+def test_a_stale_run_posts_nothing_and_does_not_fail(tmp_path, monkeypatch, capsys):
+    (tmp_path / "pr").write_text("7\n")
+    (tmp_path / "body.md").write_text(MARKER + "\nold report")
+    api = FakeGitHub([], head="newer")
+    monkeypatch.setattr(comment, "GitHub", lambda *args: api)
+    monkeypatch.setenv("GITHUB_TOKEN", "t")
+    code = comment.main(["post", "--repo", "o/r", "--pr-file", str(tmp_path / "pr"),
+                         "--body", str(tmp_path / "body.md"), "--head-sha", "older"])  # fmt: skip
+    assert code == 0 and api.calls == []
+    assert "no comment posted: pull request 7 is not at older" in capsys.readouterr().out
+    (tmp_path / "pr").write_text("7; echo\n")
+    code = comment.main(["post", "--repo", "o/r", "--pr-file", str(tmp_path / "pr"),
+                         "--body", str(tmp_path / "body.md"), "--head-sha", "older"])  # fmt: skip
+    assert code == 1
 
 
 def test_post_creates_then_updates_the_one_comment():
