@@ -75,7 +75,7 @@ preview: ## pulumi preview --diff for STACK
 # error (its 1) make itself exits 2. Scripts that must tell the two apart run the tool directly.
 diff: ## the Kubernetes diff of STACK against BASE (default: merge base with main), helm-diff style, with the capacity consequence
 	$(require_stack)
-	@$(MAKE) --no-print-directory venv
+	@$(MAKE) --no-print-directory --silent venv
 	@$(PY) -m infra.review --stack $(STACK) $(if $(BASE),--base '$(BASE)',)
 
 kind-up: ## the dev stack's laptop cluster: kind, registry localhost:5001, buildx builder (idempotent)
