@@ -12,7 +12,7 @@ PIP_FLAGS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 # Pulumi: a local file state backend inside the repo unless the user configured one.
 export PULUMI_BACKEND_URL ?= file://$(CURDIR)/.pulumi-state
 
-.PHONY: help venv lint test test-fast serve up preview kind-up kind-down bench peer-venv plan image-test dashboard clean
+.PHONY: help venv lint test test-fast serve up preview diff kind-up kind-down bench peer-venv plan image-test dashboard clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -70,6 +70,13 @@ preview: ## pulumi preview --diff for STACK
 	@$(MAKE) --no-print-directory venv
 	$(pulumi_stack)
 	pulumi preview --diff --stack $(STACK)
+
+# make diff STACK=prod [BASE=<git ref>]: exits 0 without changes; with changes (the tool's 2) or an
+# error (its 1) make itself exits 2. Scripts that must tell the two apart run the tool directly.
+diff: ## the Kubernetes diff of STACK against BASE (default: merge base with main), helm-diff style, with the capacity consequence
+	$(require_stack)
+	@$(MAKE) --no-print-directory --silent venv
+	@$(PY) -m infra.review --stack $(STACK) $(if $(BASE),--base '$(BASE)',)
 
 kind-up: ## the dev stack's laptop cluster: kind, registry localhost:5001, buildx builder (idempotent)
 	@bash infra/kind/up.sh

@@ -65,10 +65,11 @@ def test_up_runs_pulumi_against_local_file_backend(tmp_path):
     ]
 
 
-def test_unknown_stack_is_refused(tmp_path):
+@pytest.mark.parametrize("target", ["up", "diff"])
+def test_unknown_stack_is_refused(tmp_path, target):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
     result = subprocess.run(
-        ["make", "--no-print-directory", "up", "STACK=nosuchstack"],
+        ["make", "--no-print-directory", target, "STACK=nosuchstack"],
         cwd=REPO,
         env={**env, "MAKEFLAGS": ""},
         capture_output=True,
@@ -115,6 +116,30 @@ CHANGING = (
 
 def _changes(calls: list[str]) -> list[str]:
     return [c for c in calls if c.startswith(CHANGING) or " mkdir " in c or " cp /dev/stdin " in c]
+
+
+def test_diff_runs_the_review_for_the_stack_and_base():
+    """`make diff STACK=prod BASE=<ref>`: the command it runs (make -n prints, runs nothing)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-n", "diff", "STACK=prod", "BASE=origin/main"],
+        cwd=REPO,
+        env={**env, "MAKEFLAGS": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert ".venv/bin/python -m infra.review --stack prod --base 'origin/main'" in result.stdout
+    default = subprocess.run(
+        ["make", "--no-print-directory", "-n", "diff", "STACK=dev"],
+        cwd=REPO,
+        env={**env, "MAKEFLAGS": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ".venv/bin/python -m infra.review --stack dev \n" in default.stdout + "\n"
 
 
 def test_kind_up_builds_the_laptop_cluster_once_and_a_second_run_changes_nothing(tmp_path):

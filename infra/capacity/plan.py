@@ -75,16 +75,16 @@ def _rules(given, default_values: dict, fallback: Rules) -> Rules:
     )
 
 
-def behaviour(settings: Settings) -> tuple[Rules, Rules]:
-    chart = yaml.safe_load(CHART_VALUES.read_text(encoding="utf-8"))["autoscaling"]["behavior"]
+def behaviour(settings: Settings, chart_values: Path = CHART_VALUES) -> tuple[Rules, Rules]:
+    chart = yaml.safe_load(chart_values.read_text(encoding="utf-8"))["autoscaling"]["behavior"]
     given = settings.autoscaling.behavior
     up = _rules(given.scale_up if given else None, chart["scaleUp"], DEFAULT_SCALE_UP)
     down = _rules(given.scale_down if given else None, chart["scaleDown"], DEFAULT_SCALE_DOWN)
     return up, down
 
 
-def readiness_period() -> float:
-    chart = yaml.safe_load(CHART_VALUES.read_text(encoding="utf-8"))
+def readiness_period(chart_values: Path = CHART_VALUES) -> float:
+    chart = yaml.safe_load(chart_values.read_text(encoding="utf-8"))
     return float(chart["probes"]["readiness"]["periodSeconds"])
 
 
@@ -146,7 +146,9 @@ def config_commands(stack: str, rec: dict) -> list[str]:
 # --- the simulation ------------------------------------------------------------------------------
 
 
-def pod_model(record: dict, settings: Settings, pull_s: float) -> PodModel:
+def pod_model(
+    record: dict, settings: Settings, pull_s: float, chart_values: Path = CHART_VALUES
+) -> PodModel:
     curve = sorted(record["curve"], key=lambda p: p["offered"])
     # The latency of what is admitted at an offered rate; above the plateau the queue model
     # adds the backlog, so the curve is used only up to the saturated throughput.
@@ -158,7 +160,7 @@ def pod_model(record: dict, settings: Settings, pull_s: float) -> PodModel:
         max_queue=settings.server.max_queue or record["max_queue"],
         ready_s=record["ready_seconds"],
         pull_s=pull_s,
-        probe_period_s=readiness_period(),
+        probe_period_s=readiness_period(chart_values),
         cpus=record["cpus"],
         cpu_request=_cpu_request(settings, record["cpus"]),
     )
@@ -195,6 +197,58 @@ def seed_figures(run, load: np.ndarray, slo_s: float, fixed: int, ramp_end: int)
     figures["fixed_replicas"] = fixed
     figures["cheaper_than_fixed_pct"] = 100 * (1 - mean / fixed)
     return figures
+
+
+def default_scrape_interval(settings: Settings) -> float:
+    """Prometheus' scrape interval: the dev Prometheus scrapes every 15 s, an operator's 30 s."""
+    return 15.0 if settings.monitoring.install_prometheus else 30.0
+
+
+def configured_scaling(settings: Settings, up: Rules, down: Rules, scrape: float) -> Scaling:
+    """The HPA the stack configures (its own bounds and targets, not a recommendation); a fixed
+    `replicas` when autoscaling is off."""
+    scaling = settings.autoscaling
+    if not scaling.enabled:
+        fixed = settings.replicas
+        return Scaling(fixed, fixed, None, None, Controller(fixed, fixed), scrape_interval_s=scrape)
+    low, high = scaling.min_replicas, scaling.max_replicas
+    return Scaling(
+        low,
+        high,
+        scaling.target_texts_per_second_per_pod,
+        scaling.target_cpu_utilization_percentage,
+        Controller(low, high, up, down),
+        scrape_interval_s=scrape,
+    )
+
+
+def configured_ramp(
+    settings: Settings,
+    record: dict,
+    chart_values: Path = CHART_VALUES,
+    pull_s: float = 20.0,
+    minutes: float = 30.0,
+) -> dict | None:
+    """What `make plan --reuse` simulates, for the stack as configured: the ramp to the declared
+    peak through the stack's own HPA, from the record, without measuring. None without a peak.
+    The summary of the run (p95, 429s, replica-hours) and the seed-style figures (when scaling
+    starts)."""
+    peak = settings.capacity.peak_texts_per_second
+    if peak is None:
+        return None
+    up, down = behaviour(settings, chart_values)
+    model = pod_model(record, settings, pull_s, chart_values)
+    scaling = configured_scaling(settings, up, down, default_scrape_interval(settings))
+    load = shapes(peak, minutes)["ramp"]
+    run = simulate(load, model, scaling, start_replicas=scaling.min_replicas)
+    slo_s = settings.capacity.slo_ms / 1000
+    ramp_end = int(len(load) * (1 / 6 + 1 / 2))
+    return {
+        **summarise(run, slo_s, scaling.max_replicas),
+        **seed_figures(run, load, slo_s, scaling.max_replicas, ramp_end),
+        "minutes": minutes,
+        "peak": peak,
+    }
 
 
 def plot(name: str, load: np.ndarray, runs: dict, slo_s: float, out: Path) -> Path:
@@ -361,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + line)
 
     up, down = behaviour(settings)
-    scrape = args.scrape_interval or (15.0 if settings.monitoring.install_prometheus else 30.0)
+    scrape = args.scrape_interval or default_scrape_interval(settings)
     model = pod_model(record, settings, args.pull_seconds)
     fixed = rec["maxReplicas"][0]
     rows, plots, seed = [], [], None

@@ -7,7 +7,6 @@ stand-in value, since they cannot be decrypted here).
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ import pulumi
 import yaml
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
+
+from infra.review.buildcontext import context_hash
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "uninlu"
@@ -310,48 +311,6 @@ def flatten(value: Any, path: str = "") -> dict[str, Any]:
             for k, v in flatten(item, f"{path}[{index}]").items()
         }
     return {path: integral(value)}
-
-
-def _dockerignore(root: Path) -> list[str]:
-    path = root / ".dockerignore"
-    if not path.is_file():
-        return []
-    lines = (line.strip() for line in path.read_text().splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
-
-
-def _ignored(relative: str, patterns: list[str]) -> bool:
-    """Docker's rule: the last matching pattern wins; `!` re-includes; a pattern that matches a
-    directory matches everything under it; `**/` matches any depth (a close model of
-    moby/patternmatcher, enough for this repo's .dockerignore)."""
-    parts = relative.split("/")
-    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    ignored = False
-    for raw in patterns:
-        negate = raw.startswith("!")
-        pattern = raw[1:] if negate else raw
-        pattern = pattern.strip("/")
-        variants = {pattern, pattern.replace("**/", "")}
-        if any(fnmatch.fnmatchcase(c, v) for c in candidates for v in variants):
-            ignored = not negate
-    return ignored
-
-
-def context_hash(root: Path, location: str, dockerfile: str, named: dict[str, str]) -> str:
-    """What pulumi-docker-build diffs a build context by (provider/internal/context.go,
-    hashBuildContext): the Dockerfile, then every file of the context that .dockerignore leaves
-    in, then each local named context. A change under app/ changes it; a change under tests/
-    (dockerignored) does not."""
-    digest = hashlib.sha256()
-    digest.update((root / dockerfile).read_bytes())
-    patterns = _dockerignore(root / location)
-    for base in [root / location, *(Path(named[key]) for key in sorted(named))]:
-        for path in sorted(p for p in base.rglob("*") if p.is_file()):
-            relative = path.relative_to(base).as_posix()
-            if base == root / location and _ignored(relative, patterns):
-                continue
-            digest.update(relative.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
 
 
 @dataclass

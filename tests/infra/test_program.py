@@ -205,40 +205,43 @@ def test_project_file_runs_the_program_with_the_repo_virtualenv():
     }
 
 
-def _pulumi_steps(workflow: str) -> dict[str, list[dict]]:
-    """Per job: the pulumi/actions steps that run a command (reusable workflows expanded)."""
+def _pulumi_commands(workflow: str) -> dict[str, list[tuple[str, str]]]:
+    """Per job: (command, stack) of each step that runs pulumi, by pulumi/actions or by the CLI,
+    for the command the job runs (reusable workflows expanded with the caller's inputs)."""
     document = yaml.safe_load((REPO / ".github" / "workflows" / workflow).read_text())
-    steps: dict[str, list[dict]] = {}
+    commands: dict[str, list[tuple[str, str]]] = {}
     for job_id, job in document["jobs"].items():
-        if "uses" in job:  # a reusable workflow: its steps, with the caller's inputs
+        if "uses" in job:  # a reusable workflow: the steps for the caller's command
             called = yaml.safe_load((REPO / job["uses"]).read_text())
-            inner = next(iter(called["jobs"].values()))
             command = job["with"]["command"]
-            found = [dict(step, command=command) for step in inner["steps"]]
-        else:
-            found = [
-                dict(step, command=step.get("with", {}).get("command")) for step in job["steps"]
+            steps = [
+                step
+                for step in next(iter(called["jobs"].values()))["steps"]
+                if "inputs.command ==" not in step.get("if", "")
+                or f"inputs.command == '{command}'" in step["if"]
             ]
-        steps[job_id] = [
-            step
-            for step in found
-            if str(step.get("uses", "")).startswith("pulumi/actions@") and "with" in step
-        ]
-    return steps
+        else:
+            steps = job.get("steps", [])
+        found = []
+        for step in steps:
+            given = step.get("with") or {}
+            if str(step.get("uses", "")).startswith("pulumi/actions@") and "command" in given:
+                found.append((given["command"], given["stack-name"]))
+            for match in re.finditer(
+                r"pulumi (preview|up) [^|\n]*--stack (\w+)", step.get("run", "")
+            ):
+                found.append((match.group(1), match.group(2)))
+        if found:
+            commands[job_id] = found
+    return commands
 
 
 def test_workflows_preview_every_stack_on_prs_and_deploy_dev_before_prod():
     stacks = sorted(path.name.split(".")[1] for path in REPO.glob("Pulumi.*.yaml"))
-    preview = _pulumi_steps("pulumi-preview.yml")
-    assert sorted(preview) == stacks
-    for stack, (step,) in preview.items():
-        assert step["command"] == "preview"
-        assert step["with"]["stack-name"] == stack
-        assert step["with"]["comment-on-pr"] in (True, "${{ github.event_name == 'pull_request' }}")
-    up = _pulumi_steps("pulumi-up.yml")
-    assert sorted(up) == stacks
-    for stack, (step,) in up.items():
-        assert step["command"] == "up" and step["with"]["stack-name"] == stack
+    preview = _pulumi_commands("pulumi-preview.yml")
+    assert preview == {stack: [("preview", stack)] for stack in stacks}
+    up = _pulumi_commands("pulumi-up.yml")
+    assert up == {stack: [("up", stack)] for stack in stacks}
     document = yaml.safe_load((REPO / ".github" / "workflows" / "pulumi-up.yml").read_text())
     assert document["jobs"]["prod"]["needs"] == "dev"
     assert document["jobs"]["prod"]["environment"]["name"] == "prod"

@@ -49,8 +49,14 @@ def test_every_action_is_pinned_by_commit_sha(name):
 def test_permissions_are_the_least_each_job_needs():
     preview = load("pulumi-preview.yml")
     assert preview["permissions"] == {}
-    for job in preview["jobs"].values():  # the PR comment needs pull-requests: write
-        assert job["permissions"] == {"contents": "read", "pull-requests": "write"}
+    for job in preview["jobs"].values():  # the comment is posted by pulumi-review-comment.yml
+        assert job["permissions"] == {"contents": "read"}
+    comment = load("pulumi-review-comment.yml")
+    assert comment["permissions"] == {}
+    assert comment["jobs"]["comment"]["permissions"] == {
+        "actions": "read",  # the preview run's artifact
+        "pull-requests": "write",  # the one comment
+    }
     up = load("pulumi-up.yml")
     assert up["permissions"] == {"contents": "read"}
     assert all("permissions" not in job for job in up["jobs"].values())
@@ -75,11 +81,15 @@ def test_a_preview_never_creates_a_stack_outside_its_own_run():
 
 def test_the_prod_preview_without_secrets_is_skipped_with_a_visible_note():
     steps = load("pulumi-preview.yml")["jobs"]["prod"]["steps"]
-    gate, rest = steps[0], steps[1:]
+    gate, rest, keep = steps[0], steps[1:-1], steps[-1]
     assert gate["id"] == "secrets"
     assert "::notice title=prod preview skipped::" in gate["run"]
     assert '>> "$GITHUB_STEP_SUMMARY"' in gate["run"]
-    assert all(step["if"] == "steps.secrets.outputs.present == 'true'" for step in rest)
+    # ... and in the review comment: the note is what the prod preview's artifact holds.
+    assert 'echo "$note" > "$RUNNER_TEMP/preview/prod.txt"' in gate["run"]
+    assert all("steps.secrets.outputs.present == 'true'" in step["if"] for step in rest)
+    assert keep["uses"].startswith("actions/upload-artifact@")
+    assert keep["with"]["name"] == "preview-prod" and keep["if"] == "${{ !cancelled() }}"
 
 
 def _helm_wait_seconds(stack: str) -> int:
@@ -122,3 +132,88 @@ def test_promotion_pushes_what_dev_checked_and_prod_releases_that_tag():
     assert push["if"] == "inputs.command == 'up' && inputs.promote-tag != ''"
     assert "pulumi stack output imageRef --stack dev" in push["run"]
     assert "--password-stdin" in push["run"]
+
+
+# --- the review comment: make diff and the previews, one comment per pull request, updated ----
+
+
+def test_each_preview_is_kept_for_the_review_comment_not_posted_on_its_own():
+    for name, job in (("pulumi-preview.yml", "prod"), ("pulumi-dev.yml", "dev")):
+        steps = load(name)["jobs"][job]["steps"]
+        assert not [s for s in steps if "comment-on-pr" in (s.get("with") or {})], name
+        (preview,) = [s for s in steps if "pulumi preview --diff" in s.get("run", "")]
+        assert f'tee "$RUNNER_TEMP/preview/{job}.txt"' in preview["run"]
+        assert "--color never" in preview["run"]
+        kept = [s for s in steps if (s.get("with") or {}).get("name") == f"preview-{job}"]
+        assert kept and kept[0]["with"]["path"] == f"${{{{ runner.temp }}}}/preview/{job}.txt"
+    # The prod preview may hold what the job's secrets print: they are taken out of the file.
+    steps = load("pulumi-preview.yml")["jobs"]["prod"]["steps"]
+    (scrub,) = [s for s in steps if "infra.review.comment scrub" in s.get("run", "")]
+    for name in ("PULUMI_CONFIG_PASSPHRASE", "REGISTRY_PASSWORD", "KUBECONFIG_CONTENT"):
+        assert f"--env {name}" in scrub["run"]
+    names = [s.get("name", s.get("uses", "")) for s in steps]
+    assert names.index(scrub["name"]) < len(names) - 1  # before the upload
+
+
+def test_the_review_job_runs_make_diff_for_every_stack_with_the_repository_alone():
+    review = load("pulumi-preview.yml")["jobs"]["review"]
+    text = yaml.safe_dump(review)
+    assert "secrets." not in text and "vars." not in text  # forks get it too
+    assert review["needs"] == ["dev", "prod"] and review["if"] == "${{ !cancelled() }}"
+    steps = review["steps"]
+    checkout = steps[0]
+    assert checkout["uses"].startswith("actions/checkout@")
+    assert checkout["with"]["fetch-depth"] == 2  # the merge commit and the base it merges into
+    (diff,) = [s for s in steps if "-m infra.review --stack" in s.get("run", "")]
+    assert "for stack in dev prod; do" in diff["run"]
+    assert '--stack "$stack" --base HEAD^1' in diff["run"]
+    assert '> "$RUNNER_TEMP/review/$stack.txt"' in diff["run"]
+    assert 'echo "$status" > "$RUNNER_TEMP/review/$stack.rc"' in diff["run"]
+    stacks = sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in REPO.glob("Pulumi.*.yaml"))
+    assert f"for stack in {' '.join(stacks)}; do" in diff["run"]
+    (download,) = [s for s in steps if s.get("uses", "").startswith("actions/download-artifact@")]
+    assert download["with"]["pattern"] == "preview-*"
+    (build,) = [s for s in steps if "infra.review.comment build" in s.get("run", "")]
+    assert f"--stacks {','.join(stacks)}" in build["run"]
+    assert '> "$RUNNER_TEMP/comment/pr-number"' in build["run"]
+    assert build["env"]["PR_NUMBER"] == "${{ github.event.pull_request.number }}"
+    (upload,) = [s for s in steps if (s.get("with") or {}).get("name") == "review-comment"]
+    assert "comment/comment.md" in upload["with"]["path"]
+    assert "comment/pr-number" in upload["with"]["path"]
+    assert steps.index(diff) < steps.index(build) < steps.index(upload)
+    # An error (exit 1) fails the check after the comment is kept; a change (2) does not.
+    assert "= 1 ]" in steps[-1]["run"] and steps.index(upload) < len(steps) - 1
+
+
+def test_the_comment_is_posted_from_the_default_branch_and_updated_in_place():
+    preview_name = load("pulumi-preview.yml")["name"]
+    workflow = load("pulumi-review-comment.yml")
+    assert workflow["on"] == {"workflow_run": {"workflows": [preview_name], "types": ["completed"]}}
+    job = workflow["jobs"]["comment"]
+    assert "github.event.workflow_run.event == 'pull_request'" in job["if"]
+    steps = job["steps"]
+    checkout = steps[0]
+    # The default branch's code: never the pull request's (no ref to its head).
+    assert checkout["uses"].startswith("actions/checkout@") and "ref" not in checkout["with"]
+    assert checkout["with"]["persist-credentials"] is False
+    download = steps[1]
+    assert download["uses"].startswith("actions/download-artifact@")
+    assert download["with"]["name"] == "review-comment"
+    assert download["with"]["run-id"] == "${{ github.event.workflow_run.id }}"
+    post = steps[2]
+    assert post["run"].startswith("python3 -m infra.review.comment post")
+    assert '--head-sha "$HEAD_SHA"' in post["run"]
+    assert post["env"]["HEAD_SHA"] == "${{ github.event.workflow_run.head_sha }}"
+    assert post["env"]["GITHUB_TOKEN"] == "${{ github.token }}"
+    # Every ${{ }} in a script is the run's own, never the pull request's text.
+    for step in steps:
+        assert "${{" not in step.get("run", "")
+
+
+def test_the_posting_script_needs_nothing_but_the_standard_library():
+    """The comment job runs it with the runner's python3, without installing anything."""
+    source = (REPO / "infra" / "review" / "comment.py").read_text()
+    imported = set(re.findall(r"^(?:from|import) (\w+)", source, flags=re.MULTILINE))
+    assert imported <= {"__future__", "argparse", "json", "os", "re", "sys", "urllib",
+                        "collections", "dataclasses", "pathlib", "typing"}  # fmt: skip
+    assert (REPO / "infra" / "review" / "__init__.py").read_text().count("import") == 0
