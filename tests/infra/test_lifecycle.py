@@ -90,7 +90,7 @@ def test_a_change_under_app_previews_as_a_rebuild_with_only_the_digest_unknown(p
     sha256 digest ... ''` (pulumi-docker-build's empty digest on an update preview)."""
     stack_life = deployed(stack)
     before = stack_life.up().outputs["imageRef"].split("@")[1]
-    server = project / "app" / "server.py"
+    server = project / "app" / "serving" / "server.py"
     server.write_text(server.read_text() + "\n# a code change\n")
 
     outcome = stack_life.preview()
