@@ -3,7 +3,10 @@ loopback, scraping two real servers on the tiny checkpoint with the `namespace` 
 `kubernetes-pods` job adds in a cluster. After a known mix of good, rejected, invalid and (from a
 draining pod) 503 requests, every recording rule and every dashboard query returns data through
 the HTTP API, and the request-rate, error-ratio and rejection-ratio results match what the client
-saw. The only queries without data are the kube-state-metrics and cAdvisor series (KUBE_ONLY)."""
+saw. The only queries without data are the kube-state-metrics and cAdvisor series (KUBE_ONLY).
+Both autoscaling engines' texts queries run on the same data: the adapter rule's per pod, KEDA's
+for the Deployment; a pod of the same name in another namespace (a second scrape of the busy
+server) must count in neither."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import yaml
 
 from app.contract.metrics import PREDICT_TEXTS_TOTAL
 from infra import monitoring
-from infra.chart_render import render_chart, write_rule_file
+from infra.chart_render import find, render_chart, write_rule_file
 from infra.dashboard import PANELS
 from tests.app.conftest import ServerProcess, free_port
 from tests.app.serving.test_server_load import HEAVY
@@ -32,6 +35,7 @@ MIN_WINDOW_SECONDS = 8.0
 NS_MATCH = f'namespace="{NAMESPACE}"'
 FULLNAME = "nlu-uninlu"
 PODS = (f"{FULLNAME}-6d4cf-busy1", f"{FULLNAME}-6d4cf-drain")
+OTHER_NAMESPACE = "other"  # the decoy: the busy server scraped again as a pod of another namespace
 PROMETHEUS = shutil.which("prometheus")
 # Series that only kube-state-metrics and the kubelet's cAdvisor export: no cluster here.
 KUBE_ONLY = re.compile(r"\b(kube_[a-z_]+|container_[a-z_]+)\{")
@@ -46,24 +50,27 @@ pytestmark = pytest.mark.skipif(
 class Prometheus:
     """A `prometheus` process on a free loopback port, 1 s scrapes and rule evaluations."""
 
-    def __init__(self, directory: Path, targets: dict[str, int], rule_file: Path):
+    def __init__(
+        self,
+        directory: Path,
+        targets: dict[str, int],
+        rule_file: Path,
+        decoys: dict[str, int] | None = None,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        static = [
+            {"targets": [f"127.0.0.1:{port}"], "labels": {"namespace": NAMESPACE, "pod": pod}}
+            for pod, port in targets.items()
+        ]
+        static += [
+            {"targets": [f"127.0.0.1:{port}"], "labels": {"namespace": OTHER_NAMESPACE, "pod": pod}}
+            for pod, port in (decoys or {}).items()
+        ]
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(rule_file)],
-            "scrape_configs": [
-                {
-                    "job_name": "kubernetes-pods",
-                    "static_configs": [
-                        {
-                            "targets": [f"127.0.0.1:{port}"],
-                            "labels": {"namespace": NAMESPACE, "pod": pod},
-                        }
-                        for pod, port in targets.items()
-                    ],
-                }
-            ],
+            "scrape_configs": [{"job_name": "kubernetes-pods", "static_configs": static}],
         }
         (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
         self._log = open(directory / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -182,7 +189,12 @@ def live(tiny_model_dir, tmp_path_factory):
         DRAIN_DELAY_SECONDS="120",
         GRACEFUL_SHUTDOWN_SECONDS="150",
     )
-    prometheus = Prometheus(directory, {PODS[0]: busy.port, PODS[1]: draining.port}, rule_file)
+    prometheus = Prometheus(
+        directory,
+        {PODS[0]: busy.port, PODS[1]: draining.port},
+        rule_file,
+        decoys={PODS[0]: busy.port},
+    )
     try:
         busy.wait_ready()
         draining.wait_ready()
@@ -352,6 +364,19 @@ def test_every_dashboard_query_returns_data(live):
             assert result, f"dashboard query without data: {query}"
 
 
+def _adapter_per_pod(prometheus: Prometheus, start: float, end: float) -> dict[tuple, float]:
+    """The adapter rule's metricsQuery with the substitutions it makes when the HPA asks for
+    both pods, over the measured window."""
+    query = (
+        monitoring.predict_texts_rule()["metricsQuery"]
+        .replace("<<.Series>>", PREDICT_TEXTS_TOTAL)
+        .replace("<<.LabelMatchers>>", f'{NS_MATCH},pod=~"{"|".join(PODS)}"')
+        .replace("<<.GroupBy>>", "pod")
+    )
+    expr, _ = _over_window(query, start, end)
+    return _by(prometheus.query(expr, end), "pod")
+
+
 def test_the_adapter_rule_gives_each_pod_its_texts_per_second(live):
     """The HPA's metric as the Prometheus Adapter asks for it: the rule's seriesQuery finds both
     pods, and its metricsQuery, with the adapter's substitutions for them, gives each pod the
@@ -377,3 +402,44 @@ def test_the_adapter_rule_gives_each_pod_its_texts_per_second(live):
     expected = {PODS[0]: 2 * (3 + BATCH_ITEMS + 1 + 1) + 16, PODS[1]: 3}
     for pod, texts in expected.items():
         assert texts * 0.999 <= per_pod[(pod,)] * seconds <= texts * stretch, (pod, per_pod)
+
+
+def test_kedas_query_gives_the_deployments_total_the_adapter_gives_per_pod(live):
+    """The query of the ScaledObject's prometheus trigger, as the chart renders it from the
+    program's values, run as KEDA runs it (an instant query): one element, the texts per second
+    offered to the Deployment, both pods and every answer; the total divided by the pods (what
+    the HPA KEDA owns compares with the target) is the average of what the adapter gives each
+    pod, and the decoy pod of another namespace counts in neither."""
+    prometheus, _, _, start, end = live
+    values = {
+        "autoscaling": {
+            "engine": "keda",
+            "keda": {
+                "serverAddress": prometheus.url,
+                "query": monitoring.deployment_texts_query(NAMESPACE, FULLNAME),
+            },
+        }
+    }
+    scaled_object = find(render_chart(values, name="nlu", namespace=NAMESPACE), "ScaledObject")
+    (trigger,) = [t for t in scaled_object["spec"]["triggers"] if t["type"] == "prometheus"]
+    assert trigger["metadata"]["serverAddress"] == prometheus.url
+    expr, seconds = _over_window(trigger["metadata"]["query"], start, end)
+
+    (total,) = prometheus.query(expr, end)  # the scaler refuses more than one element
+    per_pod = _adapter_per_pod(prometheus, start, end)
+
+    texts = float(total["value"][1])
+    assert set(per_pod) == {(pod,) for pod in PODS}
+    assert texts == pytest.approx(sum(per_pod.values()), rel=1e-9)
+    assert texts / len(PODS) == pytest.approx(sum(per_pod.values()) / len(per_pod), rel=1e-9)
+    offered = 2 * (3 + BATCH_ITEMS + 1 + 1) + 16 + 3  # both pods, as in the adapter test
+    stretch = seconds / (seconds - 2.2)
+    assert offered * 0.999 <= texts * seconds <= offered * stretch
+    # The decoy is real data: the same pod name in another namespace, with the busy pod's texts.
+    decoy = prometheus.query(expr.replace(NS_MATCH, f'namespace="{OTHER_NAMESPACE}"'), end)
+    assert float(decoy[0]["value"][1]) > 0
+    # As KEDA runs it (the 2 m window, now): one element. Nothing scraped: no element, which
+    # the trigger's ignoreNullValues "false" makes a failed read (towards the fallback), not 0.
+    assert len(prometheus.query(trigger["metadata"]["query"], end)) == 1
+    assert trigger["metadata"]["ignoreNullValues"] == "false"
+    assert prometheus.query(monitoring.deployment_texts_query("nowhere", FULLNAME), end) == []
