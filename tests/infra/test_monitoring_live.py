@@ -14,20 +14,18 @@ import asyncio
 import collections
 import math
 import re
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
+from live_prometheus import PROMETHEUS, Prometheus
 
 from app.contract.metrics import PREDICT_TEXTS_TOTAL
 from infra import monitoring
 from infra.chart_render import find, render_chart, write_rule_file
 from infra.dashboard import PANELS
-from tests.app.conftest import ServerProcess, free_port
+from tests.app.conftest import ServerProcess
 from tests.app.serving.test_server_load import HEAVY
 
 NAMESPACE = "ml"
@@ -36,7 +34,6 @@ NS_MATCH = f'namespace="{NAMESPACE}"'
 FULLNAME = "nlu-uninlu"
 PODS = (f"{FULLNAME}-6d4cf-busy1", f"{FULLNAME}-6d4cf-drain")
 OTHER_NAMESPACE = "other"  # the decoy: the busy server scraped again as a pod of another namespace
-PROMETHEUS = shutil.which("prometheus")
 # Series that only kube-state-metrics and the kubelet's cAdvisor export: no cluster here.
 KUBE_ONLY = re.compile(r"\b(kube_[a-z_]+|container_[a-z_]+)\{")
 GOOD = {"text": "李雷上周去了苏州博物馆。", "schema": {"人物": None, "地理位置": None}}
@@ -45,85 +42,6 @@ BATCH_ITEMS = 2
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None, reason="prometheus missing: apt-get install prometheus (.ci/run does)"
 )
-
-
-class Prometheus:
-    """A `prometheus` process on a free loopback port, 1 s scrapes and rule evaluations."""
-
-    def __init__(
-        self,
-        directory: Path,
-        targets: dict[str, int],
-        rule_file: Path,
-        decoys: dict[str, int] | None = None,
-    ):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        static = [
-            {"targets": [f"127.0.0.1:{port}"], "labels": {"namespace": NAMESPACE, "pod": pod}}
-            for pod, port in targets.items()
-        ]
-        static += [
-            {"targets": [f"127.0.0.1:{port}"], "labels": {"namespace": OTHER_NAMESPACE, "pod": pod}}
-            for pod, port in (decoys or {}).items()
-        ]
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(rule_file)],
-            "scrape_configs": [{"job_name": "kubernetes-pods", "static_configs": static}],
-        }
-        (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self._log = open(directory / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={directory / 'prometheus.yml'}",
-                f"--storage.tsdb.path={directory / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.log_path = directory / "prometheus.log"
-
-    def wait_ready(self, timeout: float = 60) -> Prometheus:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log_path.read_text()
-            try:
-                if httpx.get(self.url + "/-/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("prometheus not ready:\n" + self.log_path.read_text())
-
-    def query(self, expr: str, at: float) -> list[dict]:
-        answer = httpx.get(self.url + "/api/v1/query", params={"query": expr, "time": at}).json()
-        assert answer["status"] == "success", (expr, answer)
-        return answer["data"]["result"]
-
-    def wait_for(self, expr: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.query(expr, time.time()):
-            assert time.monotonic() < deadline, f"no data for {expr}"
-            time.sleep(0.5)
-
-    def wait_scraped_after(self, moment: float, timeout: float = 30) -> None:
-        """Until every target has been scraped by a scrape that started after `moment`."""
-        expr = f'min(timestamp(up{{namespace="{NAMESPACE}"}}))'
-        deadline = time.monotonic() + timeout
-        while True:
-            result = self.query(expr, time.time())
-            if result and float(result[0]["value"][1]) > moment:
-                return
-            assert time.monotonic() < deadline, f"no scrape of every target after {moment}"
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-        self._log.close()
 
 
 def _predict_mix(url: str, seen: collections.Counter) -> None:
@@ -189,12 +107,9 @@ def live(tiny_model_dir, tmp_path_factory):
         DRAIN_DELAY_SECONDS="120",
         GRACEFUL_SHUTDOWN_SECONDS="150",
     )
-    prometheus = Prometheus(
-        directory,
-        {PODS[0]: busy.port, PODS[1]: draining.port},
-        rule_file,
-        decoys={PODS[0]: busy.port},
-    )
+    targets = [(NAMESPACE, PODS[0], busy.port), (NAMESPACE, PODS[1], draining.port)]
+    decoy = (OTHER_NAMESPACE, PODS[0], busy.port)
+    prometheus = Prometheus(directory, [*targets, decoy], rule_file)
     try:
         busy.wait_ready()
         draining.wait_ready()
@@ -210,15 +125,16 @@ def live(tiny_model_dir, tmp_path_factory):
         _refused_while_draining(draining.url, warmup, 1)
         prometheus.wait_for('uninlu_requests_total{status="503"}')
         prometheus.wait_for('uninlu_requests_total{status="429"}')
-        prometheus.wait_scraped_after(time.time())
+        prometheus.wait_scraped_after(time.time(), NAMESPACE)
         start = time.time()
-        prometheus.wait_scraped_after(start)  # a sample inside the window before its traffic
+        # A sample inside the window before its traffic.
+        prometheus.wait_scraped_after(start, NAMESPACE)
         seen: collections.Counter = collections.Counter()
         _traffic(busy, draining, seen)
         # A window of several scrapes: rate()'s extrapolation (up to a scrape interval at each
         # edge) must stay a small share of it, however fast the traffic ran on this machine.
         time.sleep(max(0.0, start + MIN_WINDOW_SECONDS - time.time()))
-        prometheus.wait_scraped_after(time.time())  # a sample after the last request
+        prometheus.wait_scraped_after(time.time(), NAMESPACE)  # a sample after the last request
         end = time.time()
         time.sleep(1.5)  # the rules have been evaluated after `end`
         yield prometheus, manifests, seen, start, end
