@@ -204,6 +204,12 @@ class Autoscaling(_Model):
                     "fallbackReplicas is KEDA's (engine: keda); the hpa engine has no fallback: "
                     "delete the key or set engine: keda"
                 )
+            if self.target_texts_per_second_per_pod is None:
+                raise ValueError(
+                    "fallbackReplicas is the fallback of KEDA's prometheus trigger, which "
+                    "targetTextsPerSecondPerPod: null turns off (KEDA allows no fallback on cpu "
+                    "alone): delete fallbackReplicas or set a texts target"
+                )
             if not self.min_replicas <= self.fallback_replicas <= self.max_replicas:
                 raise ValueError(
                     f"fallbackReplicas ({self.fallback_replicas}) must lie within minReplicas "

@@ -200,6 +200,19 @@ CASES = {
             "maxReplicas (5)",
         ],
     ),
+    "KEDA's fallback without the texts trigger": (
+        {
+            "overrides": {
+                "autoscaling": {
+                    **prod_value("autoscaling"),
+                    "engine": "keda",
+                    "fallbackReplicas": 3,
+                    "targetTextsPerSecondPerPod": None,  # CPU only
+                }
+            }
+        },
+        ["uninlu:autoscaling: fallbackReplicas is the fallback of KEDA's prometheus trigger"],
+    ),
     "KEDA installed for the hpa engine": (
         {"overrides": with_changes("monitoring", installKeda=True)},
         ["uninlu:monitoring.installKeda: KEDA is installed for autoscaling.engine: keda"],
