@@ -140,6 +140,10 @@ class ScalingRules(_Model):
     stabilization_window_seconds: int | None = Field(None, ge=0, le=3600)
     select_policy: Literal["Max", "Min", "Disabled"] | None = None
     policies: list[ScalingPolicy] | None = Field(None, min_length=1)
+    # The usage ratio's dead band in this direction (KEP-4951, beta and on by default from
+    # Kubernetes 1.35): none is the controller's --horizontal-pod-autoscaler-tolerance (0.1).
+    # Below 1: a scale-down tolerance of 1 would never let this metric remove a pod.
+    tolerance: float | None = Field(None, ge=0, lt=1)
 
 
 class Behavior(_Model):
@@ -157,9 +161,12 @@ _RENAMED_AUTOSCALING_KEYS = {
 
 
 class Autoscaling(_Model):
-    """HPA on CPU and on predict texts per second per pod (the adapter's custom metric)."""
+    """Autoscaling on CPU and on predict texts per second per pod, by one of two engines: the
+    chart's HPA on the Prometheus Adapter's custom metric (hpa), or a KEDA ScaledObject whose
+    HPA reads the same rate from Prometheus through KEDA's external metrics (keda)."""
 
     enabled: bool = True
+    engine: Literal["hpa", "keda"] = "hpa"
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(3, ge=1)
     target_cpu_utilization_percentage: int = Field(
@@ -168,6 +175,10 @@ class Autoscaling(_Model):
     # null turns the texts-per-second metric off (CPU only).
     target_texts_per_second_per_pod: float | None = Field(4, gt=0)
     behavior: Behavior | None = None
+    # keda: the replicas KEDA asks for while Prometheus cannot be read (3 failed reads in a row),
+    # or the current count if that is higher. Default minReplicas: hold the current count, as
+    # the hpa engine does when its texts metric fails (CPU still adds pods).
+    fallback_replicas: int | None = Field(None, ge=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -187,7 +198,39 @@ class Autoscaling(_Model):
                 f"minReplicas ({self.min_replicas}) must not exceed "
                 f"maxReplicas ({self.max_replicas})"
             )
+        if self.fallback_replicas is not None:
+            if self.engine != "keda":
+                raise ValueError(
+                    "fallbackReplicas is KEDA's (engine: keda); the hpa engine has no fallback: "
+                    "delete the key or set engine: keda"
+                )
+            if self.target_texts_per_second_per_pod is None:
+                raise ValueError(
+                    "fallbackReplicas is the fallback of KEDA's prometheus trigger, which "
+                    "targetTextsPerSecondPerPod: null turns off (KEDA allows no fallback on cpu "
+                    "alone): delete fallbackReplicas or set a texts target"
+                )
+            if not self.min_replicas <= self.fallback_replicas <= self.max_replicas:
+                raise ValueError(
+                    f"fallbackReplicas ({self.fallback_replicas}) must lie within minReplicas "
+                    f"({self.min_replicas}) and maxReplicas ({self.max_replicas})"
+                )
         return self
+
+    @property
+    def keda_fallback_replicas(self) -> int:
+        return self.fallback_replicas if self.fallback_replicas is not None else self.min_replicas
+
+    def tolerances(self) -> dict[str, float]:
+        """The per-direction tolerances the stack sets ({"scaleUp": 0.05, ...}; {} = none)."""
+        if self.behavior is None:
+            return {}
+        rules = {"scaleUp": self.behavior.scale_up, "scaleDown": self.behavior.scale_down}
+        return {
+            key: rule.tolerance
+            for key, rule in rules.items()
+            if rule is not None and rule.tolerance is not None
+        }
 
 
 DEFAULT_SLO_P95_MS = 1000
@@ -256,10 +299,14 @@ class Alerts(_Model):
 
 
 class Monitoring(_Model):
-    """Prometheus Adapter (always, unless managed elsewhere), and for laptops a small Prometheus."""
+    """Prometheus Adapter (engine hpa, unless managed elsewhere), KEDA (engine keda, where the
+    cluster has none), and for laptops a small Prometheus and metrics-server."""
 
     namespace: str = Field("monitoring", pattern=_DNS_LABEL, max_length=63)
-    install_adapter: bool = True
+    # None: installed with engine hpa (its texts metric needs it), not with keda
+    # (Settings.adapter_installed).
+    install_adapter: bool | None = None
+    install_keda: bool = False
     install_prometheus: bool = False
     install_metrics_server: bool = False
     prometheus_url: str | None = Field(None, pattern=r"^https?://[^\s:/]+(\.[^\s:/]+)*(/.*)?$")
@@ -280,12 +327,11 @@ class Monitoring(_Model):
                 "set either installPrometheus (a small in-cluster Prometheus) or prometheusUrl "
                 "(an existing one), not both"
             )
-        if self.install_adapter and not self.install_prometheus and not self.prometheus_url:
-            raise ValueError(
-                "the Prometheus Adapter needs a Prometheus: set prometheusUrl, "
-                "or installPrometheus: true for a laptop cluster"
-            )
         return self
+
+    @property
+    def has_prometheus(self) -> bool:
+        return self.install_prometheus or bool(self.prometheus_url)
 
 
 class Service(_Model):
@@ -306,10 +352,20 @@ class Ingress(_Model):
         return self
 
 
+# Kubernetes minor versions that change what the chart renders (KEP-1610: ContainerResource
+# metrics GA in 1.30; KEP-4951: HPA tolerances per direction beta, on by default, in 1.35).
+OLDEST_KUBERNETES_MINOR = 29  # infra/chart/Chart.yaml kubeVersion
+CONTAINER_RESOURCE_SINCE = 30
+TOLERANCE_SINCE = 35
+
+
 class Settings(_Model):
     """All plain (non-secret) keys of the `uninlu:` namespace."""
 
     namespace: str = Field("uninlu", pattern=_DNS_LABEL, max_length=63)
+    # The oldest Kubernetes minor version the stack's cluster runs (control plane): what the
+    # autoscaler may use. A string: YAML reads an unquoted 1.30 as the number 1.3.
+    kubernetes_version: str = Field("1.30", pattern=r"^1\.[0-9]+$")
     image: ImageSettings
     model: ModelSource = Field(default_factory=ModelSource)
     resources: Resources | None = None
@@ -323,8 +379,31 @@ class Settings(_Model):
     service: Service = Field(default_factory=Service)
     ingress: Ingress = Field(default_factory=Ingress)
 
+    @field_validator("kubernetes_version", mode="before")
+    @classmethod
+    def _version_as_written(cls, value: Any) -> Any:
+        if isinstance(value, float):  # the CLI's JSON of an unquoted YAML number
+            return repr(value)
+        return value
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
+        minor = self.kubernetes_minor
+        if minor < OLDEST_KUBERNETES_MINOR:
+            raise ValueError(
+                f"kubernetesVersion: {self.kubernetes_version} is older than the chart supports "
+                f'(1.{OLDEST_KUBERNETES_MINOR}); write the version quoted, e.g. "1.30": '
+                "unquoted, YAML reads 1.30 as the number 1.3"
+            )
+        tolerances = self.autoscaling.tolerances()
+        if tolerances and minor < TOLERANCE_SINCE:
+            keys = ", ".join(f"behavior.{key}.tolerance" for key in tolerances)
+            raise ValueError(
+                f"autoscaling: {keys} needs kubernetesVersion 1.{TOLERANCE_SINCE} or later "
+                f"(the HPA's per-direction tolerance, beta and on by default from 1.35; older "
+                f"API servers drop the field silently); the stack declares "
+                f"{self.kubernetes_version}: delete the tolerance or raise kubernetesVersion"
+            )
         fewest = self.autoscaling.min_replicas if self.autoscaling.enabled else self.replicas
         if self.pdb.enabled and fewest < 2:
             raise ValueError(
@@ -336,11 +415,28 @@ class Settings(_Model):
                 f"server.device: cuda needs image.runtime: torch (the {self.image.runtime} image "
                 "has no CUDA)"
             )
-        wants_texts = self.autoscaling.enabled and self.autoscaling.target_texts_per_second_per_pod
-        if wants_texts and not self.monitoring.install_adapter:
+        scaling, monitoring = self.autoscaling, self.monitoring
+        wants_texts = scaling.enabled and scaling.target_texts_per_second_per_pod is not None
+        if wants_texts and scaling.engine == "hpa" and not self.adapter_installed:
             raise ValueError(
-                "autoscaling.targetTextsPerSecondPerPod: needs the Prometheus Adapter: set "
-                "monitoring.installAdapter: true, or targetTextsPerSecondPerPod: null"
+                "autoscaling.targetTextsPerSecondPerPod: needs the Prometheus Adapter (engine "
+                "hpa): set monitoring.installAdapter: true, or engine: keda, or "
+                "targetTextsPerSecondPerPod: null"
+            )
+        if self.adapter_installed and not monitoring.has_prometheus:
+            raise ValueError(
+                "monitoring: the Prometheus Adapter needs a Prometheus: set prometheusUrl, "
+                "or installPrometheus: true for a laptop cluster"
+            )
+        if wants_texts and scaling.engine == "keda" and not monitoring.has_prometheus:
+            raise ValueError(
+                "monitoring: KEDA's prometheus trigger (autoscaling.engine: keda) needs a "
+                "Prometheus: set prometheusUrl, or installPrometheus: true for a laptop cluster"
+            )
+        if monitoring.install_keda and scaling.engine != "keda":
+            raise ValueError(
+                "monitoring.installKeda: KEDA is installed for autoscaling.engine: keda; with "
+                "engine hpa nothing would use it: set engine: keda or installKeda: false"
             )
         slo_seconds = self.latency_slo_seconds
         if self.monitoring.prometheus_rule and slo_seconds not in LATENCY_BUCKETS:
@@ -351,6 +447,22 @@ class Settings(_Model):
                 f"got {slo_seconds * 1000:g}"
             )
         return self
+
+    @property
+    def kubernetes_minor(self) -> int:
+        return int(self.kubernetes_version.split(".")[1])
+
+    @property
+    def adapter_installed(self) -> bool:
+        """monitoring.installAdapter, by default true with engine hpa and false with keda."""
+        if self.monitoring.install_adapter is not None:
+            return self.monitoring.install_adapter
+        return self.autoscaling.engine == "hpa"
+
+    @property
+    def container_cpu_metric(self) -> bool:
+        """The HPA's CPU metric is the server container's own (ContainerResource, GA in 1.30)."""
+        return self.kubernetes_minor >= CONTAINER_RESOURCE_SINCE
 
     @property
     def latency_slo_seconds(self) -> float:

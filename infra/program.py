@@ -19,6 +19,7 @@ def _scaling_outputs(cfg_settings: Any) -> dict[str, Any]:
         return {"enabled": False, "replicas": cfg_settings.replicas}
     return {
         "enabled": True,
+        "engine": scaling.engine,
         "minReplicas": scaling.min_replicas,
         "maxReplicas": scaling.max_replicas,
         "targetCPUUtilizationPercentage": scaling.target_cpu_utilization_percentage,
@@ -29,15 +30,16 @@ def _scaling_outputs(cfg_settings: Any) -> dict[str, Any]:
 def deploy() -> dict[str, Any]:
     """Validate the stack config, then build the image, the metrics pipeline and the service.
 
-    Returns the stack outputs. The service is released after the adapter, so the HPA's custom
-    metric is being served by the time the HPA first asks for it.
+    Returns the stack outputs. The service is released after the metrics pipeline: the HPA's
+    custom metric is being served by the time the HPA first asks for it, and with installKeda the
+    ScaledObject's CRD exists before the chart's ScaledObject.
     """
     cfg = load_stack_config()
     settings = cfg.settings
     image = InferenceImage(
         "uninlu-image", settings.image, settings.model, registry_password=cfg.registry_password
     )
-    monitoring = Monitoring("uninlu-monitoring", settings.monitoring)
+    monitoring = Monitoring("uninlu-monitoring", settings)
     service = ModelService(
         "uninlu",
         cfg,

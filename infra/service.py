@@ -21,6 +21,7 @@ from pulumi_kubernetes.helm.v3 import Release
 
 from app.contract import shutdown
 from infra.config import Settings, StackConfig, has_registry_auth
+from infra.monitoring import deployment_texts_query, prometheus_address
 
 CHART_PATH = "./infra/chart"
 RELEASE_NAME = "uninlu"
@@ -92,10 +93,15 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _autoscaling_values(settings: Settings) -> dict[str, Any]:
+    """The chart's autoscaling values: the engine, the CPU metric the stack's Kubernetes allows,
+    and for engine keda where KEDA reads the texts rate (the stack's Prometheus) and how (the
+    query infra/monitoring.py defines beside the adapter rule)."""
     scaling = settings.autoscaling
     texts = scaling.target_texts_per_second_per_pod
     values: dict[str, Any] = {
         "enabled": scaling.enabled,
+        "engine": scaling.engine,
+        "cpuMetric": "ContainerResource" if settings.container_cpu_metric else "Resource",
         "minReplicas": scaling.min_replicas,
         "maxReplicas": scaling.max_replicas,
         "targetCPUUtilizationPercentage": scaling.target_cpu_utilization_percentage,
@@ -103,6 +109,12 @@ def _autoscaling_values(settings: Settings) -> dict[str, Any]:
     }
     if texts is not None:
         values["targetTextsPerSecondPerPod"] = texts
+    if scaling.engine == "keda" and texts is not None:
+        values["keda"] = {
+            "serverAddress": prometheus_address(settings.monitoring),
+            "query": deployment_texts_query(settings.namespace, FULLNAME),
+            "fallbackReplicas": scaling.keda_fallback_replicas,
+        }
     if scaling.behavior is not None:
         behavior = scaling.behavior.model_dump(by_alias=True, exclude_none=True)
         if behavior:

@@ -3,9 +3,12 @@ for the planner's simulation.
 
 Modelled on pkg/controller/podautoscaler of kubernetes/kubernetes:
 - replica_calculator.go: `GetResourceReplicas` / `GetMetricReplicas` (calcPlainMetricReplicas):
-  the usage ratio, the 10 % tolerance, and the pods without a usable sample (pending or
-  unready pods, pods with no metric yet), which are left out and then, depending on the
-  direction, counted at 0 or at the target;
+  the usage ratio, the tolerances (`Tolerances.isWithin`: 10 % either way unless the HPA's
+  behavior sets `scaleUp.tolerance` / `scaleDown.tolerance`, KEP-4951), and the pods without a
+  usable sample (pending or unready pods, pods with no metric yet), which are left out and then,
+  depending on the direction, counted at 0 or at the target; `GetExternalPerPodMetricReplicas`:
+  an External metric with an AverageValue target (what KEDA's HPA reads), the total against the
+  target times the current replicas, and then ceil(total / target) whatever the pods;
 - pod_filters / groupPods: Pending pods are "unready" for every metric; for CPU a running pod
   is also unready while it starts (not ready, or no full metric window since it became ready,
   within the 5 min CPU initialisation period);
@@ -43,6 +46,22 @@ class PodSample:
     sample_window: float = 15.0
 
 
+@dataclass(frozen=True)
+class Tolerances:
+    """The dead band of the usage ratio: no change while 1 - scale_down <= ratio <= 1 + scale_up
+    (replica_calculator.go `Tolerances.isWithin`; with both at the default it is the older
+    |1 - ratio| <= tolerance)."""
+
+    scale_up: float = TOLERANCE
+    scale_down: float = TOLERANCE
+
+    def within(self, ratio: float) -> bool:
+        return 1.0 - self.scale_down <= ratio <= 1.0 + self.scale_up
+
+
+DEFAULT_TOLERANCES = Tolerances()
+
+
 def _cpu_unready(pod: PodSample, now: float) -> bool:
     """groupPods for CPU: a starting pod's sample is ignored until it is ready and one whole
     metric window was collected after that; later only a pod that never became ready is."""
@@ -58,6 +77,7 @@ def metric_replicas(
     kind: Literal["cpu", "pods"],
     now: float = 0.0,
     missing_on_scale_down: float | None = None,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
 ) -> int | None:
     """Replicas one metric asks for, or None when no pod has a usable sample (an invalid metric).
 
@@ -83,7 +103,7 @@ def metric_replicas(
     ratio = sum(values) / len(values) / target
     scale_up_with_unready = unready > 0 and ratio > 1.0
     if not scale_up_with_unready and missing == 0:
-        if abs(1.0 - ratio) <= TOLERANCE:
+        if tolerances.within(ratio):
             return current
         return math.ceil(ratio * len(values))
     filled = list(values)
@@ -92,12 +112,32 @@ def metric_replicas(
     if scale_up_with_unready:
         filled += [0.0] * unready
     new_ratio = sum(filled) / len(filled) / target
-    if abs(1.0 - new_ratio) <= TOLERANCE or (ratio < 1.0 < new_ratio) or (new_ratio < 1.0 < ratio):
+    flipped = (ratio < 1.0 < new_ratio) or (new_ratio < 1.0 < ratio)
+    if tolerances.within(new_ratio) or flipped:
         return current  # too small a change, or the fill-in flipped the direction
     proposal = math.ceil(new_ratio * len(filled))
     if (new_ratio < 1.0 and proposal > current) or (new_ratio > 1.0 and proposal < current):
         return current
     return proposal
+
+
+def external_replicas(
+    status_replicas: int,
+    total: float | None,
+    target: float,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
+) -> int | None:
+    """Replicas an External metric with an AverageValue target asks for (the HPA KEDA owns, its
+    prometheus trigger returning the Deployment's total), or None when the metric cannot be read.
+
+    The tolerance is checked on the total against the target times the current replicas (every
+    pod of the Deployment, ready or not); outside it the proposal is ceil(total / target),
+    whatever the current count."""
+    if total is None or status_replicas <= 0:
+        return None
+    if tolerances.within(total / (target * status_replicas)):
+        return status_replicas
+    return math.ceil(total / target)
 
 
 @dataclass(frozen=True)
@@ -109,11 +149,12 @@ class Policy:
 
 @dataclass(frozen=True)
 class Rules:
-    """HPAScalingRules of one direction."""
+    """HPAScalingRules of one direction (tolerance None: the controller's TOLERANCE)."""
 
     stabilization_window_seconds: int
     select_policy: Literal["Max", "Min", "Disabled"] = "Max"
     policies: tuple[Policy, ...] = ()
+    tolerance: float | None = None
 
 
 # The API server's defaults for autoscaling/v2 behavior (pkg/apis/autoscaling/v2/defaults.go).
@@ -133,6 +174,12 @@ class Controller:
     recommendations: list[tuple[float, int]] = field(default_factory=list)
     up_events: list[tuple[float, int]] = field(default_factory=list)
     down_events: list[tuple[float, int]] = field(default_factory=list)
+
+    @property
+    def tolerances(self) -> Tolerances:
+        """Each direction's tolerance from the behaviour, else the controller-wide one."""
+        up, down = self.scale_up.tolerance, self.scale_down.tolerance
+        return Tolerances(TOLERANCE if up is None else up, TOLERANCE if down is None else down)
 
     def decide(self, now: float, current: int, proposals: list[int | None]) -> int:
         """The replica count after one sync (reconcileAutoscaler): the scale target's count when

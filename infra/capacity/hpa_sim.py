@@ -12,6 +12,9 @@ What it models, and from what:
 - the texts metric is what the adapter serves: Prometheus scrapes every pod's
   uninlu_predict_texts_total every `scrape_interval_s` and the rule takes `rate()` over 2 m,
   so the HPA sees the load of the last two minutes, late by up to one scrape;
+- with engine keda, the same rates summed over the Deployment (KEDA's prometheus trigger), a
+  deleted pod's series included while its samples stay in the 2 m window, read by the same
+  controller as an External metric with an AverageValue target (hpa.external_replicas);
 - the CPU metric is what metrics-server serves: each pod's CPU use averaged over a 15 s window,
   refreshed every 15 s, in percent of the CPU request;
 - the HPA itself is infra.capacity.hpa (the Kubernetes algorithm), synced every 15 s.
@@ -22,11 +25,19 @@ the effect of Poisson arrivals on the latency.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-from infra.capacity.hpa import SYNC_PERIOD_S, Controller, PodSample, metric_replicas
+from infra.capacity.hpa import (
+    SYNC_PERIOD_S,
+    Controller,
+    PodSample,
+    external_replicas,
+    metric_replicas,
+)
 
 RATE_WINDOW_S = 120.0  # the adapter rule's rate window (infra/monitoring.py RATE_WINDOW)
 CPU_WINDOW_S = 15.0  # metrics-server --metric-resolution and the kubelet's CPU window
@@ -54,7 +65,8 @@ class PodModel:
 
 @dataclass(frozen=True)
 class Scaling:
-    """The HPA's spec: bounds, targets (None turns a metric off) and the controller's behaviour."""
+    """The HPA's spec: bounds, targets (None turns a metric off), the controller's behaviour
+    (tolerances included) and the engine that feeds it the texts metric."""
 
     min_replicas: int
     max_replicas: int
@@ -62,6 +74,7 @@ class Scaling:
     target_cpu_percent: int | None
     controller: Controller
     scrape_interval_s: float = 30.0
+    engine: Literal["hpa", "keda"] = "hpa"
 
 
 @dataclass
@@ -129,6 +142,7 @@ def _cpu_sample(pod: Pod, now: float) -> tuple[float | None, float]:
 def simulate(load: np.ndarray, model: PodModel, scaling: Scaling, start_replicas: int) -> Timeline:
     """Run `load` (offered texts/s, one value per second) through the deployment."""
     pods = [Pod(created_at=-10_000.0, model=model) for _ in range(start_replicas)]
+    gone: list[Pod] = []  # deleted pods: their series stay in Prometheus's range window
     hpa = scaling.controller
     out = Timeline()
     scrape_phase = scaling.scrape_interval_s
@@ -166,7 +180,8 @@ def simulate(load: np.ndarray, model: PodModel, scaling: Scaling, start_replicas
                 pod.scrapes.append((now, pod.offered_total))
         if second % int(SYNC_PERIOD_S) == 0:
             current = len(pods)
-            proposals = _proposals(pods, now, scaling, current)
+            gone = [p for p in gone if p.scrapes and p.scrapes[-1][0] > now - RATE_WINDOW_S]
+            proposals = _proposals(pods, now, scaling, current, gone)
             desired = hpa.decide(now, current, proposals)
             if desired != current:
                 out.scale_events.append((now, current, desired))
@@ -175,6 +190,7 @@ def simulate(load: np.ndarray, model: PodModel, scaling: Scaling, start_replicas
             elif desired < current:
                 # The ReplicaSet deletes unready pods first, then the newest.
                 pods.sort(key=lambda p: (p.is_ready(now), -p.created_at), reverse=True)
+                gone += pods[desired:]
                 del pods[desired:]
         out.t.append(now)
         out.offered.append(float(offered))
@@ -186,9 +202,22 @@ def simulate(load: np.ndarray, model: PodModel, scaling: Scaling, start_replicas
     return out
 
 
-def _proposals(pods: list[Pod], now: float, scaling: Scaling, current: int) -> list[int | None]:
+def _deployment_texts(pods: list[Pod], now: float, scrape: float) -> float | None:
+    """KEDA's query: the sum of the per-pod rates Prometheus has (None: no series at all)."""
+    rates = [r for p in pods if (r := _texts_metric(p, now, scrape)) is not None]
+    return sum(rates) if rates else None
+
+
+def _proposals(
+    pods: list[Pod], now: float, scaling: Scaling, current: int, gone: Sequence[Pod] = ()
+) -> list[int | None]:
     proposals: list[int | None] = []
-    if scaling.target_texts_per_pod is not None:
+    tolerances = scaling.controller.tolerances
+    target = scaling.target_texts_per_pod
+    if target is not None and scaling.engine == "keda":
+        total = _deployment_texts([*pods, *gone], now, scaling.scrape_interval_s)
+        proposals.append(external_replicas(current, total, target, tolerances))
+    elif target is not None:
         samples = [
             PodSample(
                 pending=now < p.running_at,
@@ -197,7 +226,7 @@ def _proposals(pods: list[Pod], now: float, scaling: Scaling, current: int) -> l
             )
             for p in pods
         ]
-        proposals.append(metric_replicas(current, samples, scaling.target_texts_per_pod, "pods"))
+        proposals.append(metric_replicas(current, samples, target, "pods", tolerances=tolerances))
     if scaling.target_cpu_percent is not None:
         samples = []
         for p in pods:
@@ -213,7 +242,11 @@ def _proposals(pods: list[Pod], now: float, scaling: Scaling, current: int) -> l
                     sample_window=CPU_WINDOW_S,
                 )
             )
-        proposals.append(metric_replicas(current, samples, scaling.target_cpu_percent, "cpu", now))
+        proposals.append(
+            metric_replicas(
+                current, samples, scaling.target_cpu_percent, "cpu", now, tolerances=tolerances
+            )
+        )
     return proposals
 
 

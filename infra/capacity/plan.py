@@ -6,9 +6,11 @@
    without measuring.
 2. A recommendation for the stack's declared peak (capacity.peakTextsPerSecond) and SLO
    (capacity.sloP95Ms): the four autoscaling numbers with a reason each and the
-   `pulumi config set` commands.
+   `pulumi config set` commands; and the HPA's per-direction tolerances (Kubernetes 1.35+).
 3. The HPA simulated (infra/capacity/hpa_sim.py) on a step, a ramp, a daily curve and a 3x spike for
-   CPU-only, texts-only and both metrics: a table, a PNG per shape, the seed-style figures.
+   CPU-only, texts-only and both metrics, and both metrics through KEDA (engine keda): a table, a
+   PNG per shape, the seed-style figures; then the recommended tolerances against the default
+   10 % on the ramp and the spike, for both engines.
 `--validate` compares the per-pod model with a real pinned server at three offered rates.
 """
 
@@ -26,11 +28,18 @@ import yaml
 
 from infra.capacity import loadgen, measure, mix, records
 from infra.capacity.checkpoint import DEFAULT_MODEL, ensure_model
-from infra.capacity.hpa import DEFAULT_SCALE_DOWN, DEFAULT_SCALE_UP, Controller, Policy, Rules
-from infra.capacity.hpa_sim import PodModel, Scaling, shapes, simulate, summarise
+from infra.capacity.hpa import (
+    DEFAULT_SCALE_DOWN,
+    DEFAULT_SCALE_UP,
+    TOLERANCE,
+    Controller,
+    Policy,
+    Rules,
+)
+from infra.capacity.hpa_sim import RATE_WINDOW_S, PodModel, Scaling, shapes, simulate, summarise
 from infra.capacity.machine import machine_info
 from infra.capacity.records import CAPACITY_FILE
-from infra.config import Settings, cpu_cores, pod_cpus
+from infra.config import TOLERANCE_SINCE, Settings, cpu_cores, pod_cpus
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the file backend
@@ -39,7 +48,11 @@ REPO = Path(__file__).resolve().parent.parent.parent
 CHART_VALUES = REPO / "infra" / "chart" / "values.yaml"
 DEFAULT_OUT = REPO / "infra" / "capacity" / "out"
 HEADROOM = 0.7  # target = capacity x headroom (why: recommendation())
-POLICIES = ("cpu", "texts", "both")
+# Which metrics the simulated HPA reads, and through which engine.
+VARIANTS = (("cpu", "hpa"), ("texts", "hpa"), ("both", "hpa"), ("both", "keda"))
+# A tolerance below this many standard deviations of the texts metric at the target would act on
+# noise: a 2 m count at the target exceeds 2 standard deviations about 2 % of the time.
+NOISE_SIGMAS = 2.0
 
 
 # --- the stack -----------------------------------------------------------------------------
@@ -72,6 +85,7 @@ def _rules(given, default_values: dict, fallback: Rules) -> Rules:
         int(merged.get("stabilizationWindowSeconds", fallback.stabilization_window_seconds)),
         merged.get("selectPolicy", "Max"),
         policies or fallback.policies,
+        merged.get("tolerance"),
     )
 
 
@@ -131,6 +145,53 @@ def recommendation(record: dict, settings: Settings, peak: float, headroom: floa
     }
 
 
+def metric_noise(target: float, pods: int) -> float:
+    """Relative standard deviation of the texts metric at the target with `pods` pods: the texts
+    of one rate window are a Poisson count (the arrivals the capacity was measured with) of mean
+    window x pods x target, and the metric is that count over the window and the pods."""
+    return 1 / math.sqrt(RATE_WINDOW_S * pods * target)
+
+
+def _up_to_hundredths(value: float) -> float:
+    return math.ceil(round(value * 100, 6)) / 100
+
+
+def recommend_tolerances(record: dict, rec: dict) -> dict:
+    """The HPA's per-direction tolerances (behavior.scaleUp/scaleDown.tolerance), each with its
+    reason: the texts metric's noise at the target, never above the default 10 %."""
+    cap = record["texts_per_second"]
+    target = rec["targetTextsPerSecondPerPod"][0]
+    low, high = rec["minReplicas"][0], rec["maxReplicas"][0]
+    up_noise = NOISE_SIGMAS * metric_noise(target, low)
+    down_noise = NOISE_SIGMAS * metric_noise(target, high)
+    up = min(TOLERANCE, max(0.01, _up_to_hundredths(up_noise)))
+    down = min(TOLERANCE, max(0.01, _up_to_hundredths(down_noise)))
+    return {
+        "scaleUp": (
+            up,
+            f"{NOISE_SIGMAS:g} standard deviations of the texts metric at the target with "
+            f"{low} pod(s) ({up_noise:.1%}: a {RATE_WINDOW_S:g} s Poisson count): a pod is added "
+            f"from {target * (1 + up):.2f} texts/s per pod ({target * (1 + up) / cap:.0%} of "
+            f"the capacity) instead of {target * (1 + TOLERANCE):.2f} "
+            f"({target * (1 + TOLERANCE) / cap:.0%}), leaving the headroom to the model-load lag",
+        ),
+        "scaleDown": (
+            down,
+            f"{NOISE_SIGMAS:g} standard deviations at maxReplicas {high} ({down_noise:.1%}); it "
+            f"binds only above {math.floor(1 / down)} pods (with fewer, a pod leaves only once "
+            "the rest stay at or under the target), and the stabilisation window filters dips",
+        ),
+    }
+
+
+def tolerance_commands(stack: str, tolerances: dict) -> list[str]:
+    return [
+        f"pulumi config set --path 'uninlu:autoscaling.behavior.{key}.tolerance' {value:g} "
+        f"--stack {stack}"
+        for key, (value, _) in tolerances.items()
+    ]
+
+
 def _cpu_request(settings: Settings, cpus: float) -> float:
     requests = settings.resources.requests if settings.resources else None
     return cpu_cores(requests["cpu"]) if requests and "cpu" in requests else cpus
@@ -166,7 +227,9 @@ def pod_model(
     )
 
 
-def scaling_for(policy: str, rec: dict, up: Rules, down: Rules, scrape: float) -> Scaling:
+def scaling_for(
+    policy: str, rec: dict, up: Rules, down: Rules, scrape: float, engine: str = "hpa"
+) -> Scaling:
     low, high = rec["minReplicas"][0], rec["maxReplicas"][0]
     return Scaling(
         low,
@@ -175,7 +238,81 @@ def scaling_for(policy: str, rec: dict, up: Rules, down: Rules, scrape: float) -
         rec["targetCPUUtilizationPercentage"][0] if policy in ("cpu", "both") else None,
         Controller(low, high, up, down),
         scrape_interval_s=scrape,
+        engine=engine,
     )
+
+
+def with_tolerance(rules: Rules, tolerance: float | None) -> Rules:
+    return Rules(rules.stabilization_window_seconds, rules.select_policy, rules.policies, tolerance)
+
+
+def tolerance_effect(
+    loads: dict, model: PodModel, rec: dict, up: Rules, down: Rules, scrape: float,
+    tolerances: dict, slo_s: float, fixed: int,
+) -> list[dict]:  # fmt: skip
+    """Both metrics on the ramp and the spike, per engine: the controller's default tolerance
+    against the recommended ones. The reaction to the rise: when the first pod is added once the
+    load starts to grow (and at what offered load), when it serves, and the latency, 429s and
+    replica-hours of the whole run."""
+    rows = []
+    chosen = {"scaleUp": tolerances["scaleUp"][0], "scaleDown": tolerances["scaleDown"][0]}
+    for name in ("ramp", "spike"):
+        load = loads[name]
+        rise = int(np.argmax(load > load[0] * 1.001))  # when the load starts to grow
+        for engine in ("hpa", "keda"):
+            recommended = (chosen["scaleUp"], chosen["scaleDown"])
+            for label, pair in (("default", (None, None)), ("recommended", recommended)):
+                scaling = scaling_for(
+                    "both", rec, with_tolerance(up, pair[0]), with_tolerance(down, pair[1]),
+                    scrape, engine,
+                )  # fmt: skip
+                run = simulate(load, model, scaling, start_replicas=scaling.min_replicas)
+                figures = summarise(run, slo_s, fixed)
+                first = next(
+                    ((t, a, b) for t, a, b in run.scale_events if b > a and t >= rise), None
+                )
+                start = serving = None
+                if first:
+                    at = int(first[0])
+                    start = (at, float(load[at]))
+                    later = [i for i in range(at, len(run.ready)) if run.ready[i] > run.ready[at]]
+                    serving = later[0] if later else None
+                rows.append(
+                    {
+                        "shape": name,
+                        "engine": engine,
+                        "tolerances": label,
+                        "up": pair[0] if pair[0] is not None else TOLERANCE,
+                        "down": pair[1] if pair[1] is not None else TOLERANCE,
+                        "first_scale_up_s": start[0] if start else None,
+                        "first_scale_up_at_texts_per_second": start[1] if start else None,
+                        "first_new_pod_serving_s": serving,
+                        **figures,
+                    }
+                )
+    return rows
+
+
+def tolerance_table(rows: list[dict]) -> str:
+    lines = [
+        "| shape | engine | tolerances up/down | first scale-up after the rise s (at texts/s) | "
+        "new pod serving s | peak p95 ms | s above SLO | texts 429 | replica-h |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        start = (
+            f"{r['first_scale_up_s']} ({r['first_scale_up_at_texts_per_second']:.1f})"
+            if r["first_scale_up_s"] is not None
+            else "-"
+        )
+        serving = r["first_new_pod_serving_s"]
+        lines.append(
+            f"| {r['shape']} | {r['engine']} | {r['tolerances']} {r['up']:g}/{r['down']:g} | "
+            f"{start} | {serving if serving is not None else '-'} | "
+            f"{r['peak_p95_ms']:.0f} | {r['seconds_above_slo']} | {r['texts_429']:.0f} | "
+            f"{r['replica_hours']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def seed_figures(run, load: np.ndarray, slo_s: float, fixed: int, ramp_end: int) -> dict:
@@ -276,13 +413,13 @@ def plot(name: str, load: np.ndarray, runs: dict, slo_s: float, out: Path) -> Pa
 
 def table(rows: list[dict]) -> str:
     head = (
-        "| shape | policy | peak p95 ms | time-weighted p95 ms | s above SLO | texts 429 | "
-        "replica-h | fixed replica-h | mean replicas |\n|---|---|---|---|---|---|---|---|---|"
+        "| shape | policy | engine | peak p95 ms | time-weighted p95 ms | s above SLO | texts 429 "
+        "| replica-h | fixed replica-h | mean replicas |\n|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in rows:
         lines.append(
-            f"| {r['shape']} | {r['policy']} | {r['peak_p95_ms']:.0f} | "
+            f"| {r['shape']} | {r['policy']} | {r['engine']} | {r['peak_p95_ms']:.0f} | "
             f"{r['time_weighted_p95_ms']:.0f} | {r['seconds_above_slo']} | {r['texts_429']:.0f} |"
             f" {r['replica_hours']:.2f} | {r['fixed_replica_hours']:.2f} | "
             f"{r['mean_replicas']:.2f} |"
@@ -419,13 +556,16 @@ def main(argv: list[str] | None = None) -> int:
     model = pod_model(record, settings, args.pull_seconds)
     fixed = rec["maxReplicas"][0]
     rows, plots, seed = [], [], None
-    for name, load in shapes(peak, args.minutes, args.day_minutes).items():
+    loads = shapes(peak, args.minutes, args.day_minutes)
+    for name, load in loads.items():
         runs = {}
-        for policy in POLICIES:
-            scaling = scaling_for(policy, rec, up, down, scrape)
+        for policy, engine in VARIANTS:
+            scaling = scaling_for(policy, rec, up, down, scrape, engine)
             run = simulate(load, model, scaling, start_replicas=scaling.min_replicas)
-            runs[policy] = run
-            rows.append({"shape": name, "policy": policy, **summarise(run, slo_ms / 1000, fixed)})
+            label = policy if engine == "hpa" else f"{policy} (keda)"
+            runs[label] = run
+            figures = summarise(run, slo_ms / 1000, fixed)
+            rows.append({"shape": name, "policy": policy, "engine": engine, **figures})
         plots.append(plot(name, load, runs, slo_ms / 1000, args.out))
         if name == "ramp":
             ramp_end = int(len(load) * (1 / 6 + 1 / 2))
@@ -435,6 +575,28 @@ def main(argv: list[str] | None = None) -> int:
     print("\nseed-style figures (ramp, both metrics):")
     for key, value in (seed or {}).items():
         print(f"  {key}: {value if not isinstance(value, float) else round(value, 2)}")
+
+    tolerances = recommend_tolerances(record, rec)
+    applies = settings.kubernetes_minor >= TOLERANCE_SINCE
+    print("\nrecommended tolerances (behavior.scaleUp/scaleDown.tolerance; the default is 0.1):")
+    for key, (value, why) in tolerances.items():
+        print(f"  {key}.tolerance = {value:g}  # {why}")
+    if applies:
+        print("\napply with:")
+        for line in tolerance_commands(args.stack, tolerances):
+            print("  " + line)
+    else:
+        print(
+            f"  not applicable yet: the stack declares kubernetesVersion "
+            f"{settings.kubernetes_version}, the field needs 1.{TOLERANCE_SINCE} (on such a "
+            f"cluster: pulumi config set uninlu:kubernetesVersion 1.{TOLERANCE_SINCE} --stack "
+            f"{args.stack}, then the two commands below)"
+        )
+        for line in tolerance_commands(args.stack, tolerances):
+            print("    " + line)
+    effect = tolerance_effect(loads, model, rec, up, down, scrape, tolerances, slo_ms / 1000, fixed)
+    print("\nsimulated effect of the tolerances (both metrics):")
+    print(tolerance_table(effect))
     result = {
         "stack": args.stack,
         "record": record,
@@ -442,6 +604,12 @@ def main(argv: list[str] | None = None) -> int:
         "commands": commands,
         "simulation": rows,
         "seed_figures": seed,
+        "tolerances": {
+            "recommended": {k: {"value": v, "why": w} for k, (v, w) in tolerances.items()},
+            "applies": applies,
+            "commands": tolerance_commands(args.stack, tolerances),
+            "effect": effect,
+        },
         "plots": [str(p) for p in plots],
     }
     if args.validate:

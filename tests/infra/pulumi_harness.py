@@ -323,8 +323,8 @@ class Saved:
 
 @dataclass
 class Step:
-    """One line of a preview or update: op is create, update or same; `changes` maps each changed
-    input (flattened path) to (old, new), new being COMPUTED where it is not known yet."""
+    """One line of a preview or update: op is create, update, same or delete; `changes` maps each
+    changed input (flattened path) to (old, new), new being COMPUTED where it is not known yet."""
 
     type: str
     name: str
@@ -436,7 +436,7 @@ class Outcome:
         for step in self.steps:
             if step.op == "same":
                 continue
-            mark = {"create": "+", "update": "~"}[step.op]
+            mark = {"create": "+", "update": "~", "delete": "-"}[step.op]
             lines.append(f"{mark} {step.type} {step.name} {step.op}")
             for path, (old, new) in step.changes.items():
                 lines.append(f"    ~ {path}: {old!r} => {new if new == COMPUTED else repr(new)}")
@@ -455,6 +455,10 @@ class Lifecycle:
             self.config[full_key(key)] = value
             self.secret_keys.append(full_key(key))
         self.checkpoint: dict[tuple[str, str], Saved] = {}
+
+    def config_set(self, key: str, value: Any) -> None:
+        """`pulumi config set uninlu:key value`: a whole key."""
+        self.config[full_key(key)] = encode(value)
 
     def config_set_path(self, path: str, value: Any) -> None:
         """`pulumi config set --path uninlu:a.b value`: one field inside an object key."""
@@ -489,6 +493,13 @@ class Lifecycle:
             )
 
         _run()
+        # A resource of the checkpoint the program no longer registers is deleted, after every
+        # create and update (the engine defers deletes to the end, newest first).
+        registered = {(step.type, step.name) for step in mocks.steps}
+        for key in reversed([key for key in self.checkpoint if key not in registered]):
+            mocks.steps.append(Step(key[0], key[1], "delete"))
+            if not dry_run:
+                del self.checkpoint[key]
         outputs = {
             key: COMPUTED if isinstance(value, pulumi.output.Unknown) else value
             for key, value in captured["out"].items()

@@ -100,8 +100,11 @@ def test_hpa_metrics_and_behaviour(rendered):
         hpa["spec"]["scaleTargetRef"]["name"] == find(manifests, "Deployment")["metadata"]["name"]
     )
     cpu, texts = hpa["spec"]["metrics"]
-    assert cpu["resource"] == {
+    # The server container's CPU alone (ContainerResource), what the capacity was measured on.
+    assert cpu["type"] == "ContainerResource"
+    assert cpu["containerResource"] == {
         "name": "cpu",
+        "container": server_container(manifests)["name"],
         "target": {"type": "Utilization", "averageUtilization": 70},
     }
     assert texts["type"] == "Pods"
@@ -130,7 +133,7 @@ def test_rps_metric_can_be_left_to_cpu_alone():
     hpa = find(
         render_chart({"autoscaling": {"textsPerSecondMetric": False}}), "HorizontalPodAutoscaler"
     )
-    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Resource"]
+    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["ContainerResource"]
 
 
 def test_pdb_allows_drains(rendered):

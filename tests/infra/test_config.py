@@ -161,6 +161,74 @@ CASES = {
         {"overrides": with_changes("monitoring", alerts={"errorRatio": 5})},
         ["uninlu:monitoring.alerts.errorRatio", "less than or equal to 1"],
     ),
+    "tolerance below Kubernetes 1.35": (
+        {"overrides": with_changes("autoscaling", behavior={"scaleUp": {"tolerance": 0.05}})},
+        [
+            "uninlu:autoscaling: behavior.scaleUp.tolerance needs kubernetesVersion 1.35 or later",
+            "the stack declares 1.30",
+        ],
+    ),
+    "tolerance of 1 or more": (
+        {
+            "overrides": {
+                "kubernetesVersion": "1.35",
+                **with_changes("autoscaling", behavior={"scaleDown": {"tolerance": 1}}),
+            }
+        },
+        ["uninlu:autoscaling.behavior.scaleDown.tolerance", "less than 1"],
+    ),
+    "unquoted Kubernetes version": (
+        {"overrides": {"kubernetesVersion": 1.30}},  # YAML's 1.30 is the number 1.3
+        ["uninlu:kubernetesVersion: 1.3 is older than the chart supports", 'quoted, e.g. "1.30"'],
+    ),
+    "Kubernetes version with a patch level": (
+        {"overrides": {"kubernetesVersion": "1.31.2"}},
+        ["uninlu:kubernetesVersion", "(got '1.31.2')"],
+    ),
+    "unknown autoscaling engine": (
+        {"overrides": with_changes("autoscaling", engine="both")},
+        ["uninlu:autoscaling.engine", "'hpa' or 'keda'"],
+    ),
+    "KEDA's fallback with the hpa engine": (
+        {"overrides": with_changes("autoscaling", fallbackReplicas=3)},
+        ["uninlu:autoscaling: fallbackReplicas is KEDA's (engine: keda)"],
+    ),
+    "KEDA's fallback beyond maxReplicas": (
+        {"overrides": with_changes("autoscaling", engine="keda", fallbackReplicas=9)},
+        [
+            "uninlu:autoscaling: fallbackReplicas (9) must lie within minReplicas (2) and",
+            "maxReplicas (5)",
+        ],
+    ),
+    "KEDA's fallback without the texts trigger": (
+        {
+            "overrides": {
+                "autoscaling": {
+                    **prod_value("autoscaling"),
+                    "engine": "keda",
+                    "fallbackReplicas": 3,
+                    "targetTextsPerSecondPerPod": None,  # CPU only
+                }
+            }
+        },
+        ["uninlu:autoscaling: fallbackReplicas is the fallback of KEDA's prometheus trigger"],
+    ),
+    "KEDA installed for the hpa engine": (
+        {"overrides": with_changes("monitoring", installKeda=True)},
+        ["uninlu:monitoring.installKeda: KEDA is installed for autoscaling.engine: keda"],
+    ),
+    "KEDA's texts trigger without a Prometheus": (
+        {
+            "overrides": {
+                **with_changes("autoscaling", engine="keda"),
+                **with_changes("monitoring", installAdapter=False, prometheusUrl=None),
+            }
+        },
+        [
+            "uninlu:monitoring: KEDA's prometheus trigger (autoscaling.engine: keda) needs a "
+            "Prometheus"
+        ],
+    ),
     "local model without a directory": (
         {"overrides": {"model": {"source": "local", "path": "no/such/dir"}}},
         ["uninlu:model.path", "no/such/dir is not a directory"],
@@ -176,6 +244,20 @@ def test_invalid_config_stops_before_any_resource(case):
     for fragment in expected:
         assert fragment in message, message
     assert registered == []
+
+
+@pytest.mark.parametrize(
+    ("engine", "install_adapter", "installed"),
+    [("hpa", None, True), ("keda", None, False), ("keda", True, True), ("hpa", True, True)],
+)
+def test_the_adapter_comes_with_the_hpa_engine_unless_the_stack_says(
+    engine, install_adapter, installed
+):
+    document = yaml.safe_load((REPO / "Pulumi.prod.yaml").read_text())["config"]
+    plain = {k.split(":", 1)[1]: v for k, v in document.items() if k.startswith("uninlu:")}
+    plain["autoscaling"] = {**plain["autoscaling"], "engine": engine}
+    plain["monitoring"] = {**plain["monitoring"], "installAdapter": install_adapter}
+    assert Settings.model_validate(plain).adapter_installed is installed
 
 
 def test_missing_registry_secret_says_how_to_set_it():

@@ -156,6 +156,35 @@ def test_config_set_path_max_replicas_changes_only_that_value(project):
     assert stack_life.preview().changed() == {}
 
 
+def test_declaring_an_older_kubernetes_changes_only_the_cpu_metric(project):
+    """`pulumi config set uninlu:kubernetesVersion 1.29 --stack prod`: the HPA's CPU metric goes
+    from the server container's (ContainerResource, GA in 1.30) to the pod's, nothing else."""
+    stack_life = deployed("prod")
+    stack_life.config_set("kubernetesVersion", "1.29")
+
+    outcome = stack_life.preview()
+
+    assert outcome.changed() == {
+        f"update {RELEASE_TYPE} uninlu": {
+            "values.autoscaling.cpuMetric": ("ContainerResource", "Resource")
+        }
+    }
+    (cpu,) = [
+        m
+        for m in find(manifests_of(outcome), "HorizontalPodAutoscaler")["spec"]["metrics"]
+        if m["type"] != "Pods"
+    ]
+    prod = yaml.safe_load((REPO / "Pulumi.prod.yaml").read_text())["config"]
+    percent = prod["uninlu:autoscaling"]["targetCPUUtilizationPercentage"]
+    target = {"type": "Utilization", "averageUtilization": percent}
+    assert cpu == {"type": "Resource", "resource": {"name": "cpu", "target": target}}
+
+
+def manifests_of(outcome) -> list[dict]:
+    inputs = release(outcome)
+    return render_chart(inputs["values"], name=inputs["name"], namespace=inputs["namespace"])
+
+
 def test_every_chart_file_changes_the_fingerprint_and_nothing_else_does(project):
     chart = project / "infra" / "chart"
     original = chart_fingerprint(chart)

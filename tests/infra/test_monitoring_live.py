@@ -3,7 +3,10 @@ loopback, scraping two real servers on the tiny checkpoint with the `namespace` 
 `kubernetes-pods` job adds in a cluster. After a known mix of good, rejected, invalid and (from a
 draining pod) 503 requests, every recording rule and every dashboard query returns data through
 the HTTP API, and the request-rate, error-ratio and rejection-ratio results match what the client
-saw. The only queries without data are the kube-state-metrics and cAdvisor series (KUBE_ONLY)."""
+saw. The only queries without data are the kube-state-metrics and cAdvisor series (KUBE_ONLY).
+Both autoscaling engines' texts queries run on the same data: the adapter rule's per pod, KEDA's
+for the Deployment; a pod of the same name in another namespace (a second scrape of the busy
+server) must count in neither."""
 
 from __future__ import annotations
 
@@ -11,20 +14,18 @@ import asyncio
 import collections
 import math
 import re
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
+from live_prometheus import PROMETHEUS, Prometheus
 
 from app.contract.metrics import PREDICT_TEXTS_TOTAL
 from infra import monitoring
-from infra.chart_render import render_chart, write_rule_file
+from infra.chart_render import find, render_chart, write_rule_file
 from infra.dashboard import PANELS
-from tests.app.conftest import ServerProcess, free_port
+from tests.app.conftest import ServerProcess
 from tests.app.serving.test_server_load import HEAVY
 
 NAMESPACE = "ml"
@@ -32,7 +33,7 @@ MIN_WINDOW_SECONDS = 8.0
 NS_MATCH = f'namespace="{NAMESPACE}"'
 FULLNAME = "nlu-uninlu"
 PODS = (f"{FULLNAME}-6d4cf-busy1", f"{FULLNAME}-6d4cf-drain")
-PROMETHEUS = shutil.which("prometheus")
+OTHER_NAMESPACE = "other"  # the decoy: the busy server scraped again as a pod of another namespace
 # Series that only kube-state-metrics and the kubelet's cAdvisor export: no cluster here.
 KUBE_ONLY = re.compile(r"\b(kube_[a-z_]+|container_[a-z_]+)\{")
 GOOD = {"text": "李雷上周去了苏州博物馆。", "schema": {"人物": None, "地理位置": None}}
@@ -41,82 +42,6 @@ BATCH_ITEMS = 2
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None, reason="prometheus missing: apt-get install prometheus (.ci/run does)"
 )
-
-
-class Prometheus:
-    """A `prometheus` process on a free loopback port, 1 s scrapes and rule evaluations."""
-
-    def __init__(self, directory: Path, targets: dict[str, int], rule_file: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(rule_file)],
-            "scrape_configs": [
-                {
-                    "job_name": "kubernetes-pods",
-                    "static_configs": [
-                        {
-                            "targets": [f"127.0.0.1:{port}"],
-                            "labels": {"namespace": NAMESPACE, "pod": pod},
-                        }
-                        for pod, port in targets.items()
-                    ],
-                }
-            ],
-        }
-        (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self._log = open(directory / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={directory / 'prometheus.yml'}",
-                f"--storage.tsdb.path={directory / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.log_path = directory / "prometheus.log"
-
-    def wait_ready(self, timeout: float = 60) -> Prometheus:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log_path.read_text()
-            try:
-                if httpx.get(self.url + "/-/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("prometheus not ready:\n" + self.log_path.read_text())
-
-    def query(self, expr: str, at: float) -> list[dict]:
-        answer = httpx.get(self.url + "/api/v1/query", params={"query": expr, "time": at}).json()
-        assert answer["status"] == "success", (expr, answer)
-        return answer["data"]["result"]
-
-    def wait_for(self, expr: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.query(expr, time.time()):
-            assert time.monotonic() < deadline, f"no data for {expr}"
-            time.sleep(0.5)
-
-    def wait_scraped_after(self, moment: float, timeout: float = 30) -> None:
-        """Until every target has been scraped by a scrape that started after `moment`."""
-        expr = f'min(timestamp(up{{namespace="{NAMESPACE}"}}))'
-        deadline = time.monotonic() + timeout
-        while True:
-            result = self.query(expr, time.time())
-            if result and float(result[0]["value"][1]) > moment:
-                return
-            assert time.monotonic() < deadline, f"no scrape of every target after {moment}"
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-        self._log.close()
 
 
 def _predict_mix(url: str, seen: collections.Counter) -> None:
@@ -182,7 +107,9 @@ def live(tiny_model_dir, tmp_path_factory):
         DRAIN_DELAY_SECONDS="120",
         GRACEFUL_SHUTDOWN_SECONDS="150",
     )
-    prometheus = Prometheus(directory, {PODS[0]: busy.port, PODS[1]: draining.port}, rule_file)
+    targets = [(NAMESPACE, PODS[0], busy.port), (NAMESPACE, PODS[1], draining.port)]
+    decoy = (OTHER_NAMESPACE, PODS[0], busy.port)
+    prometheus = Prometheus(directory, [*targets, decoy], rule_file)
     try:
         busy.wait_ready()
         draining.wait_ready()
@@ -198,15 +125,16 @@ def live(tiny_model_dir, tmp_path_factory):
         _refused_while_draining(draining.url, warmup, 1)
         prometheus.wait_for('uninlu_requests_total{status="503"}')
         prometheus.wait_for('uninlu_requests_total{status="429"}')
-        prometheus.wait_scraped_after(time.time())
+        prometheus.wait_scraped_after(time.time(), NAMESPACE)
         start = time.time()
-        prometheus.wait_scraped_after(start)  # a sample inside the window before its traffic
+        # A sample inside the window before its traffic.
+        prometheus.wait_scraped_after(start, NAMESPACE)
         seen: collections.Counter = collections.Counter()
         _traffic(busy, draining, seen)
         # A window of several scrapes: rate()'s extrapolation (up to a scrape interval at each
         # edge) must stay a small share of it, however fast the traffic ran on this machine.
         time.sleep(max(0.0, start + MIN_WINDOW_SECONDS - time.time()))
-        prometheus.wait_scraped_after(time.time())  # a sample after the last request
+        prometheus.wait_scraped_after(time.time(), NAMESPACE)  # a sample after the last request
         end = time.time()
         time.sleep(1.5)  # the rules have been evaluated after `end`
         yield prometheus, manifests, seen, start, end
@@ -352,6 +280,19 @@ def test_every_dashboard_query_returns_data(live):
             assert result, f"dashboard query without data: {query}"
 
 
+def _adapter_per_pod(prometheus: Prometheus, start: float, end: float) -> dict[tuple, float]:
+    """The adapter rule's metricsQuery with the substitutions it makes when the HPA asks for
+    both pods, over the measured window."""
+    query = (
+        monitoring.predict_texts_rule()["metricsQuery"]
+        .replace("<<.Series>>", PREDICT_TEXTS_TOTAL)
+        .replace("<<.LabelMatchers>>", f'{NS_MATCH},pod=~"{"|".join(PODS)}"')
+        .replace("<<.GroupBy>>", "pod")
+    )
+    expr, _ = _over_window(query, start, end)
+    return _by(prometheus.query(expr, end), "pod")
+
+
 def test_the_adapter_rule_gives_each_pod_its_texts_per_second(live):
     """The HPA's metric as the Prometheus Adapter asks for it: the rule's seriesQuery finds both
     pods, and its metricsQuery, with the adapter's substitutions for them, gives each pod the
@@ -377,3 +318,44 @@ def test_the_adapter_rule_gives_each_pod_its_texts_per_second(live):
     expected = {PODS[0]: 2 * (3 + BATCH_ITEMS + 1 + 1) + 16, PODS[1]: 3}
     for pod, texts in expected.items():
         assert texts * 0.999 <= per_pod[(pod,)] * seconds <= texts * stretch, (pod, per_pod)
+
+
+def test_kedas_query_gives_the_deployments_total_the_adapter_gives_per_pod(live):
+    """The query of the ScaledObject's prometheus trigger, as the chart renders it from the
+    program's values, run as KEDA runs it (an instant query): one element, the texts per second
+    offered to the Deployment, both pods and every answer; the total divided by the pods (what
+    the HPA KEDA owns compares with the target) is the average of what the adapter gives each
+    pod, and the decoy pod of another namespace counts in neither."""
+    prometheus, _, _, start, end = live
+    values = {
+        "autoscaling": {
+            "engine": "keda",
+            "keda": {
+                "serverAddress": prometheus.url,
+                "query": monitoring.deployment_texts_query(NAMESPACE, FULLNAME),
+            },
+        }
+    }
+    scaled_object = find(render_chart(values, name="nlu", namespace=NAMESPACE), "ScaledObject")
+    (trigger,) = [t for t in scaled_object["spec"]["triggers"] if t["type"] == "prometheus"]
+    assert trigger["metadata"]["serverAddress"] == prometheus.url
+    expr, seconds = _over_window(trigger["metadata"]["query"], start, end)
+
+    (total,) = prometheus.query(expr, end)  # the scaler refuses more than one element
+    per_pod = _adapter_per_pod(prometheus, start, end)
+
+    texts = float(total["value"][1])
+    assert set(per_pod) == {(pod,) for pod in PODS}
+    assert texts == pytest.approx(sum(per_pod.values()), rel=1e-9)
+    assert texts / len(PODS) == pytest.approx(sum(per_pod.values()) / len(per_pod), rel=1e-9)
+    offered = 2 * (3 + BATCH_ITEMS + 1 + 1) + 16 + 3  # both pods, as in the adapter test
+    stretch = seconds / (seconds - 2.2)
+    assert offered * 0.999 <= texts * seconds <= offered * stretch
+    # The decoy is real data: the same pod name in another namespace, with the busy pod's texts.
+    decoy = prometheus.query(expr.replace(NS_MATCH, f'namespace="{OTHER_NAMESPACE}"'), end)
+    assert float(decoy[0]["value"][1]) > 0
+    # As KEDA runs it (the 2 m window, now): one element. Nothing scraped: no element, which
+    # the trigger's ignoreNullValues "false" makes a failed read (towards the fallback), not 0.
+    assert len(prometheus.query(trigger["metadata"]["query"], end)) == 1
+    assert trigger["metadata"]["ignoreNullValues"] == "false"
+    assert prometheus.query(monitoring.deployment_texts_query("nowhere", FULLNAME), end) == []

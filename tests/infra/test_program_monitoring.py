@@ -33,6 +33,12 @@ def test_adapter_chart_version_and_rule(result):
     }
     assert adapter["namespace"] == config["namespace"]
     values = adapter["values"]
+    # The image pinned too (the chart's default is its appVersion), and no external metrics.
+    assert values["image"] == {
+        "repository": "registry.k8s.io/prometheus-adapter/prometheus-adapter",
+        "tag": "v0.12.0",
+    }
+    assert values["rules"]["external"] == []
     if stack == "dev":
         assert values["prometheus"]["url"] == "http://prometheus-server.monitoring.svc"
         assert values["prometheus"]["port"] == 80
@@ -90,6 +96,39 @@ def test_adapter_rule_is_valid_promql_for_the_predict_routes_only():
     series_matchers = {m.name: (m.op, m.value) for m in series.matchers.matchers}
     assert series_matchers["route"] == (promql_parser.MatchOp.Re, route_regex)
     assert series_matchers["pod"] == (promql_parser.MatchOp.NotEqual, "")
+
+
+def test_keda_query_is_the_adapter_rules_rate_summed_over_the_deployments_pods():
+    """KEDA's prometheus trigger, parsed by a real PromQL parser: one element (sum without
+    `by`), the adapter rule's counter, routes and window, and the Deployment's pods only."""
+    query = monitoring.deployment_texts_query("uninlu", "uninlu")
+    parsed = promql_parser.parse(query)
+    assert isinstance(parsed, promql_parser.AggregateExpr)
+    assert str(parsed.op) == "sum" and parsed.modifier is None
+    assert parsed.expr.func.name == "rate"
+    (window,) = parsed.expr.args
+    rule = promql_parser.parse(
+        monitoring.predict_texts_rule()["metricsQuery"]
+        .replace("<<.Series>>", PREDICT_TEXTS_TOTAL)
+        .replace("<<.LabelMatchers>>", 'namespace="uninlu"')
+        .replace("<<.GroupBy>>", "pod")
+    )
+    (rule_window,) = rule.expr.args
+    assert window.range == rule_window.range
+    assert window.vector_selector.name == rule_window.vector_selector.name == PREDICT_TEXTS_TOTAL
+    matchers = {m.name: (m.op, m.value) for m in window.vector_selector.matchers.matchers}
+    rule_matchers = {m.name: (m.op, m.value) for m in rule_window.vector_selector.matchers.matchers}
+    assert matchers["route"] == rule_matchers["route"]
+    assert matchers["namespace"] == (promql_parser.MatchOp.Equal, "uninlu")
+    op, pods = matchers["pod"]
+    assert op == promql_parser.MatchOp.Re
+    # RE2 anchors the regex as Python's fullmatch does: the Deployment's pods, nothing else.
+    for pod in ("uninlu-6d4cf7b9c8-x2kq4", "uninlu-5b7d9-abcde"):
+        assert re.fullmatch(pods, pod), pod
+    for pod in ("uninlu-canary-6d4cf7b9c8-x2kq4", "uninlu-0", "other-6d4cf7b9c8-x2kq4", "uninlu"):
+        assert not re.fullmatch(pods, pod), pod
+    with pytest.raises(ValueError, match="regex escaping"):
+        monitoring.deployment_texts_query("uninlu", "a.b")
 
 
 def test_texts_metric_and_its_stack_key_are_pinned_everywhere():

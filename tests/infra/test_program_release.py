@@ -41,6 +41,8 @@ def test_service_release_values_come_from_the_stack_file(result):
     scaling = config["autoscaling"]
     assert values["autoscaling"] == {
         "enabled": True,
+        "engine": "hpa",
+        "cpuMetric": "ContainerResource",  # kubernetesVersion unset: 1.30, where it is GA
         "minReplicas": scaling["minReplicas"],
         "maxReplicas": scaling["maxReplicas"],
         "targetCPUUtilizationPercentage": scaling["targetCPUUtilizationPercentage"],
@@ -106,10 +108,14 @@ def test_chart_renders_valid_manifests_with_the_stack_hpa(result):
     assert hpa["spec"]["minReplicas"] == scaling["minReplicas"]
     assert hpa["spec"]["maxReplicas"] == scaling["maxReplicas"]
     metrics = {metric["type"]: metric for metric in hpa["spec"]["metrics"]}
-    assert metrics.keys() == {"Resource", "Pods"}
-    assert metrics["Resource"]["resource"]["target"] == {
-        "type": "Utilization",
-        "averageUtilization": scaling["targetCPUUtilizationPercentage"],
+    assert metrics.keys() == {"ContainerResource", "Pods"}
+    assert metrics["ContainerResource"]["containerResource"] == {
+        "name": "cpu",
+        "container": "server",
+        "target": {
+            "type": "Utilization",
+            "averageUtilization": scaling["targetCPUUtilizationPercentage"],
+        },
     }
     pods = metrics["Pods"]["pods"]
     assert pods["metric"]["name"] == PREDICT_TEXTS_METRIC
@@ -130,7 +136,7 @@ def test_chart_renders_valid_manifests_with_the_stack_hpa(result):
     )
     assert service["spec"]["ports"][0]["port"] == port
     assert (find(manifests, "PodDisruptionBudget") is not None) is (stack == "prod")
-    assert res.outputs["autoscaling"] == {"enabled": True, **scaling}
+    assert res.outputs["autoscaling"] == {"enabled": True, "engine": "hpa", **scaling}
 
 
 def _flatten(value: Any, path: str = "") -> dict[str, Any]:

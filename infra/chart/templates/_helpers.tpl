@@ -155,6 +155,14 @@ says how to fix them.
 {{- if and (eq .Values.model.source "pvc") (not .Values.model.pvc.claimName) }}
 {{- fail "model.source is pvc but model.pvc.claimName is empty: name the PersistentVolumeClaim that holds the checkpoint" }}
 {{- end }}
+{{- if and $a.enabled (eq $a.engine "keda") $a.textsPerSecondMetric }}
+{{- if not $a.keda.serverAddress }}
+{{- fail "autoscaling.engine is keda but autoscaling.keda.serverAddress is empty: give the URL of the Prometheus KEDA's prometheus trigger queries, or set autoscaling.textsPerSecondMetric false" }}
+{{- end }}
+{{- if not $a.keda.query }}
+{{- fail "autoscaling.engine is keda but autoscaling.keda.query is empty: give the PromQL of the texts per second offered to the Deployment, all pods together (infra/monitoring.py deployment_texts_query)" }}
+{{- end }}
+{{- end }}
 {{- if and .Values.ingress.enabled (not .Values.ingress.hosts) }}
 {{- fail "ingress.enabled is true but ingress.hosts is empty: give at least one host rule" }}
 {{- end }}
@@ -183,6 +191,24 @@ seccompProfile:
 {{- $_ := set $res "limits" (merge (deepCopy .Values.extraResources) (default (dict) $res.limits)) }}
 {{- end }}
 {{- toYaml $res }}
+{{- end }}
+
+{{/* The model server's container: what the CPU metric of either engine reads (ContainerResource). */}}
+{{- define "uninlu.serverContainer" -}}
+server
+{{- end }}
+
+{{/*
+The autoscaler's behaviour of one direction (autoscaling/v2 HPAScalingRules) for the HPA and for
+the HPA KEDA owns: a tolerance is written as a quantity string ("0.05"), which both the HPA and
+the ScaledObject CRD (integer or string) accept; a YAML float would fail the CRD's schema.
+*/}}
+{{- define "uninlu.scalingRules" -}}
+{{- $rules := deepCopy . }}
+{{- if hasKey $rules "tolerance" }}
+{{- $_ := set $rules "tolerance" (toString $rules.tolerance) }}
+{{- end }}
+{{- toYaml $rules }}
 {{- end }}
 
 {{/* PromQL regex of the predict route templates (app/serving/metrics.py PREDICT_ROUTES; a test pins them). */}}

@@ -9,6 +9,8 @@ from infra.capacity.hpa import (
     PodSample,
     Policy,
     Rules,
+    Tolerances,
+    external_replicas,
     metric_replicas,
 )
 
@@ -33,6 +35,43 @@ def test_within_ten_percent_nothing_changes():
     assert metric_replicas(3, pods(4.6, 4.6, 4.6), target=5, kind="pods") == 3
     # ... 5.6 / 5 = 1.12 does not: ceil(1.12 * 3) = ceil(3.36) = 4.
     assert metric_replicas(3, pods(5.6, 5.6, 5.6), target=5, kind="pods") == 4
+
+
+def test_tolerances_per_direction():
+    # 1.08 is within the default 10 % but not within a 5 % scale-up tolerance: ceil(3.24) = 4.
+    tight_up = Tolerances(scale_up=0.05, scale_down=0.1)
+    assert metric_replicas(3, pods(5.4, 5.4, 5.4), target=5, kind="pods", tolerances=tight_up) == 4
+    # ... while 0.92 stays within its 10 % scale-down tolerance: keep 3.
+    assert metric_replicas(3, pods(4.6, 4.6, 4.6), target=5, kind="pods", tolerances=tight_up) == 3
+    # Bounds are inclusive (isWithin: 1 - down <= ratio <= 1 + up): 0.75 with down 0.25 keeps 4.
+    wide_down = Tolerances(scale_up=0.1, scale_down=0.25)
+    assert metric_replicas(4, pods(3, 3, 3, 3), 4, "pods", tolerances=wide_down) == 4
+    assert metric_replicas(4, pods(3, 3, 3, 3), 4, "pods") == 3  # default: ceil(0.75 * 4)
+    # The fill-in pass uses the same tolerances: 2 pods at 8, one without a sample (0 on a
+    # scale-up): 16 / 3 / 5 = 1.067 -> within 10 % (keep 3), not within 5 % -> ceil(3.2) = 4.
+    assert metric_replicas(3, pods(8, 8, None), 5, "pods", tolerances=tight_up) == 4
+
+
+def test_the_controller_takes_each_directions_tolerance_from_its_behaviour():
+    up = Rules(0, "Max", (Policy("Pods", 4, 15),), tolerance=0.02)
+    assert Controller(1, 5, up, DEFAULT_SCALE_DOWN).tolerances == Tolerances(0.02, 0.1)
+    assert Controller(1, 5).tolerances == Tolerances(0.1, 0.1)
+
+
+def test_external_average_value_asks_for_the_total_over_the_target():
+    """GetExternalPerPodMetricReplicas: KEDA's total against target x current replicas; outside
+    the tolerance ceil(total / target), whatever the current count."""
+    # 4 pods, 30 texts/s in all against 5 per pod: 30 / 20 = 1.5 -> ceil(30 / 5) = 6.
+    assert external_replicas(4, 30.0, 5.0) == 6
+    # 21 / 20 = 1.05: within 10 % -> keep 4; not within a 2 % scale-up tolerance -> ceil(4.2) = 5.
+    assert external_replicas(4, 21.0, 5.0) == 4
+    assert external_replicas(4, 21.0, 5.0, Tolerances(0.02, 0.1)) == 5
+    # 9 / 20 = 0.45 -> ceil(1.8) = 2 (scale-down; the controller clamps to minReplicas).
+    assert external_replicas(4, 9.0, 5.0) == 2
+    # Unready pods count in the current replicas, not in the proposal: 2 ready pods at 8 texts/s
+    # and 2 starting ones (16 in all): 16 / 20 = 0.8 -> ceil(3.2) = 4 = current.
+    assert external_replicas(4, 16.0, 5.0) == 4
+    assert external_replicas(4, None, 5.0) is None  # Prometheus unreadable: an invalid metric
 
 
 def test_no_usable_sample_is_an_invalid_metric():

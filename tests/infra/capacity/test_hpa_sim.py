@@ -64,6 +64,40 @@ def test_a_step_scales_out_late_by_the_metric_and_new_pods_serve_only_once_ready
     assert run.pods[-1] == 3 and run.rejected[-1] == 0
 
 
+def test_keda_reads_the_same_rate_as_a_total_and_reaches_the_same_count():
+    up = Rules(0, "Max", (Policy("Percent", 100, 60),))
+    down = Rules(300, "Max", (Policy("Pods", 1, 60),))
+    load = np.where(np.arange(900) < 300, 2.0, 12.0)
+    runs = {}
+    for engine in ("hpa", "keda"):
+        scaling = Scaling(
+            1, 6, 4.0, None, Controller(1, 6, up, down), scrape_interval_s=15, engine=engine
+        )
+        runs[engine] = simulate(load, MODEL, scaling, start_replicas=1)
+    # With every pod ready, ceil(total / target) is ceil(average ratio x pods): the same steps.
+    assert runs["keda"].scale_events == runs["hpa"].scale_events
+    assert runs["keda"].pods[-1] == 3
+
+
+def test_a_deleted_pods_series_keeps_counting_in_kedas_total_for_the_rate_window():
+    """After a scale-down the gone pod's last samples stay in the 2 m window: KEDA's total
+    still holds its load, the adapter's per-pod values do not (the HPA asks only for the pods it
+    selects), so KEDA's next scale-down comes later."""
+    up = Rules(0, "Max", (Policy("Percent", 100, 60),))
+    down = Rules(0, "Max", (Policy("Pods", 1, 15),))
+    load = np.where(np.arange(1200) < 400, 12.0, 1.0)
+    ends = {}
+    for engine in ("hpa", "keda"):
+        scaling = Scaling(
+            1, 6, 4.0, None, Controller(1, 6, up, down), scrape_interval_s=15, engine=engine
+        )
+        run = simulate(load, MODEL, scaling, start_replicas=3)
+        downs = [t for t, a, b in run.scale_events if b < a]
+        ends[engine] = downs
+        assert run.pods[-1] == 1
+    assert ends["keda"][-1] > ends["hpa"][-1]
+
+
 def test_shapes_are_relative_to_the_peak():
     got = shapes(10.0, minutes=30, day_minutes=60)
     assert max(got["step"]) == 10.0 and min(got["step"]) == 2.0

@@ -60,6 +60,38 @@ def test_behaviour_is_the_charts_unless_the_stack_sets_one():
     assert down == Rules(300, "Min", (Policy("Pods", 1, 120),))
 
 
+def test_tolerances_worked_by_hand():
+    """The texts metric's noise at the target: a 120 s Poisson count of 120 x pods x target."""
+    rec = plan.recommendation(RECORD, plan.stack_settings("prod"), peak=25, headroom=0.7)
+    tolerances = plan.recommend_tolerances(RECORD, rec)
+    # Up, at minReplicas 2: 2 / sqrt(120 x 2 x 3.5) = 0.0690 -> 0.07; down, at maxReplicas 8:
+    # 2 / sqrt(120 x 8 x 3.5) = 0.0345 -> 0.04.
+    assert {key: value for key, (value, _) in tolerances.items()} == {
+        "scaleUp": 0.07,
+        "scaleDown": 0.04,
+    }
+    assert "binds only above 25 pods" in tolerances["scaleDown"][1]
+    assert plan.tolerance_commands("prod", tolerances) == [
+        "pulumi config set --path 'uninlu:autoscaling.behavior.scaleUp.tolerance' 0.07 "
+        "--stack prod",
+        "pulumi config set --path 'uninlu:autoscaling.behavior.scaleDown.tolerance' 0.04 "
+        "--stack prod",
+    ]
+    # Never slower than the controller's default: a tiny target on one pod is noisy.
+    small = {**rec, "targetTextsPerSecondPerPod": (0.5, ""), "minReplicas": (1, "")}
+    assert plan.recommend_tolerances(RECORD, small)["scaleUp"][0] == 0.1
+
+
+def test_behaviour_carries_the_stacks_tolerance():
+    settings = plan.stack_settings("prod")
+    document = settings.model_dump(by_alias=True, exclude_none=True)
+    document["kubernetesVersion"] = "1.35"
+    document["autoscaling"]["behavior"] = {"scaleUp": {"tolerance": 0.05}}
+    up, down = plan.behaviour(plan.Settings.model_validate(document))
+    assert (up.tolerance, down.tolerance) == (0.05, None)
+    assert up.policies == (Policy("Percent", 100, 60), Policy("Pods", 2, 60))
+
+
 def test_unknown_stack_is_a_clear_error():
     with pytest.raises(SystemExit, match=r"no Pulumi\.nope\.yaml"):
         plan.stack_settings("nope")
@@ -74,10 +106,10 @@ def test_reuse_plans_from_the_record_without_measuring(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "targetTextsPerSecondPerPod = 3.5" in printed
     result = json.loads((out / "plan-prod.json").read_text())
-    assert {(r["shape"], r["policy"]) for r in result["simulation"]} == {
-        (shape, policy)
+    assert {(r["shape"], r["policy"], r["engine"]) for r in result["simulation"]} == {
+        (shape, policy, engine)
         for shape in ("step", "ramp", "daily", "spike")
-        for policy in ("cpu", "texts", "both")
+        for policy, engine in (("cpu", "hpa"), ("texts", "hpa"), ("both", "hpa"), ("both", "keda"))
     }
     for row in result["simulation"]:
         assert row["replica_hours"] <= row["fixed_replica_hours"] + 1e-9
@@ -88,6 +120,26 @@ def test_reuse_plans_from_the_record_without_measuring(tmp_path, capsys):
     for path in result["plots"]:
         assert (out / path.rsplit("/", 1)[1]).read_bytes()[:4] == b"\x89PNG"
     assert result["seed_figures"]["mean_replicas"] < 8
+    # The tolerances: recommended, not applicable on the prod file's Kubernetes 1.30, and
+    # simulated against the default on the ramp and the spike for both engines.
+    tolerances = result["tolerances"]
+    assert tolerances["applies"] is False
+    assert "needs 1.35" in printed
+    effect = {(r["shape"], r["engine"], r["tolerances"]): r for r in tolerances["effect"]}
+    assert set(effect) == {
+        (shape, engine, label)
+        for shape in ("ramp", "spike")
+        for engine in ("hpa", "keda")
+        for label in ("default", "recommended")
+    }
+    for engine in ("hpa", "keda"):
+        default, tuned = (
+            effect[("ramp", engine, "default")],
+            effect[("ramp", engine, "recommended")],
+        )
+        assert tuned["up"] < default["up"] == 0.1
+        # A smaller scale-up tolerance never adds the first pod later on a rising load.
+        assert tuned["first_scale_up_s"] <= default["first_scale_up_s"]
 
 
 def test_reuse_without_a_record_says_what_to_run(tmp_path):
