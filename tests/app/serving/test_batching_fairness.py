@@ -111,7 +111,9 @@ def test_padding_metric_counts_what_the_backend_padded_not_the_whole_call(model)
 
 def test_sliced_results_equal_one_by_one(model):
     work = [*jobs()[:6], HEAVY]
-    batcher, recorder, _ = make(model, seconds_per_token=1e-3, round_budget_ms=300, max_batch_tokens=2048)
+    batcher, recorder, _ = make(
+        model, seconds_per_token=1e-3, round_budget_ms=300, max_batch_tokens=2048
+    )
     assert asyncio.run(gather_each(batcher, work)) == [one_by_one(model, j) for j in work]
     assert all(tokens <= 2048 or rows == 1 for _, rows, tokens in recorder.calls)
 
