@@ -1,7 +1,9 @@
 """SIGTERM on a real `python -m app` while a long request runs and another waits behind it: each
 gets its answer before the process exits, a 200 or a JSON 503 `shutting_down` with Retry-After,
 never a 500 or a dropped connection (the shutdown budget is 2 s, the long request needs far more).
-Statuses and orders are asserted, never timings."""
+Statuses and orders are asserted, never timings. Before the drain answered its requests (the
+server of commit deb0a7e), both ended as a plain-text `500 Internal Server Error` when uvicorn's
+graceful timeout cancelled them."""
 
 from __future__ import annotations
 
@@ -51,6 +53,10 @@ def test_sigterm_answers_the_running_and_the_queued_request_never_a_500(start_se
         MAX_PROMPT_ROWS="100000",
         MAX_REQUEST_COST="100000000",
         REQUEST_TIMEOUT_SECONDS="600",
+        # 0.1 ms per model token, as the drain's estimate sees it (and at least that long): the
+        # long request is some 50 s of work, the short one a few ms. A server without the hook
+        # ignores it, and the long request still takes seconds.
+        TEST_BACKEND_SECONDS_PER_TOKEN="0.0001,0.0001",
     )
     answers: dict = {}
     started = server.metrics().get(SCORE_TOKENS, 0.0)
