@@ -333,7 +333,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         kept: list[_Task] = []
-        cum = 0.0
+        cum = self.round_budget  # the round in progress
         shed = 0
         for t in sorted(self._live, key=lambda t: (self._limit(t), t.seq)):
             if t.future.done():
@@ -555,15 +555,22 @@ class Batcher:
         """Take the task's pending pieces while they fit the round's budget (the first piece of
         a round always fits: progress); `into` None only reserves their room. The budget spent
         after them."""
-        stage = task.stage
-        for item in list(task.pending):
-            cost = self.piece_seconds(stage, item.tokens)
+        stage, pending = task.stage, task.pending
+        if into is None:
+            for item in pending:
+                cost = self.piece_seconds(stage, item.tokens)
+                if spent > 0 and spent + cost > budget:
+                    break
+                spent += cost
+            return spent
+        while pending:
+            cost = self.piece_seconds(stage, pending[0].tokens)
             if spent > 0 and spent + cost > budget:
                 break
             spent += cost
-            if into is not None:
-                into.append(task.pending.popleft())
-                task.pending_tokens -= item.tokens
+            item = pending.popleft()
+            task.pending_tokens -= item.tokens
+            into.append(item)
         return spent
 
     def _settle(self, tasks: list[_Task], failed: dict[_Task, Exception]) -> None:
