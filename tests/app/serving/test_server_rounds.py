@@ -64,23 +64,29 @@ def test_round_sizes_follow_the_measured_cost(start_server, reference, slow):
     assert calls == (33 if slow else 8)
 
 
+# A short request of about 260 model tokens (26 ms at 0.1 ms per token): a round of 42 ms holds
+# one of them, or one 39 ms row of the costly request, never two of either.
+SHORTISH = {"text": "今天上午，小林在杭州西湖边买了两杯龙井茶。" * 6, "schema": {"人物": None}}
+
+
 def _stream(url: str, stop: threading.Event, statuses: list) -> None:
     with httpx.Client(base_url=url, timeout=120) as client:
         while not stop.is_set():
-            statuses.append(client.post("/predict", json=SHORT).status_code)
+            statuses.append(client.post("/predict", json=SHORTISH).status_code)
 
 
 def test_a_costly_request_under_a_stream_of_short_ones_finishes_within_its_deadline(
     start_server, reference
 ):
-    """At 0.1 ms per model token the costly request needs 1.3 s of backend time; rounds of 42 ms
-    hold one of its rows, or short requests, never both, and the short ones come first (least
-    attained). Four clients sending short requests back to back would keep it waiting past its
-    8 s limit; as its deadline nears it goes first, and it finishes."""
+    """At 0.1 ms per model token the costly request needs 2.4 s of backend time; a round of
+    42 ms holds one of its rows or one short request, and with four clients sending short
+    requests back to back a short one is always waiting, and goes first (least attained): the
+    costly one would wait past its 10 s limit. As its deadline nears it goes first, and it
+    finishes; the short ones are all answered too."""
     server = start_server(
         TEST_BACKEND_SECONDS_PER_TOKEN="0.0001,0.0001",
         ROUND_BUDGET_MS="42",
-        REQUEST_TIMEOUT_SECONDS="8",
+        REQUEST_TIMEOUT_SECONDS="10",
         BATCH_WAIT_MS="0",
         **ROOM,
     )
@@ -91,13 +97,13 @@ def test_a_costly_request_under_a_stream_of_short_ones_finishes_within_its_deadl
     for c in clients:
         c.start()
     try:
-        costly = httpx.post(server.url + "/predict", json=MEDIUM, timeout=120)
+        costly = httpx.post(server.url + "/predict", json=LARGE, timeout=120)
     finally:
         stop.set()
         for c in clients:
             c.join(120)
     assert costly.status_code == 200, costly.text
-    assert costly.json() == reference(MEDIUM)
+    assert costly.json() == reference(LARGE)
     assert shorts and set(shorts) == {200}
     after = server.metrics()
     wasted = sum(
