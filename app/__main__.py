@@ -8,8 +8,9 @@ import sys
 
 
 def _predict(args: argparse.Namespace) -> int:
-    """The server's slicing and limits (from the same environment settings), unless --no-limits
-    lifts the limits on purpose; the slicing always stays, it bounds peak memory."""
+    """The server's call size and limits (from the same environment settings), unless
+    --no-limits lifts the limits on purpose; backend calls stay within MAX_BATCH_TOKENS, which
+    bounds peak memory."""
     from app.model.errors import UninluError
     from app.model.pipeline import parse_schema, predict
     from app.runtime.torch_backend import load_backend
@@ -43,7 +44,7 @@ def _predict(args: argparse.Namespace) -> int:
             args.text,
             schema,
             args.output_all_prefix,
-            slice_tokens=settings.slice_tokens,
+            call_tokens=settings.max_batch_tokens,
             max_prompt_rows=None if lifted else settings.max_prompt_rows,
             max_cost=None if lifted else settings.max_request_cost,
         )
@@ -78,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         "--no-limits",
         action="store_true",
         help="lift MAX_TEXT_CHARS, MAX_SCHEMA_*, MAX_PROMPT_ROWS and MAX_REQUEST_COST (the "
-        "server's limits, read from the same environment); backend calls stay sliced to "
-        "SLICE_TOKENS",
+        "server's limits, read from the same environment); backend calls stay within "
+        "MAX_BATCH_TOKENS",
     )
     args = parser.parse_args(argv)
     if args.command == "predict":

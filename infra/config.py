@@ -48,6 +48,8 @@ _REMOVED_RUNTIMES = {"torch-int8": ("the torch dynamic int8 backend", "onnx-int8
 _REMOVED_SERVER_KEYS = {
     "threadTuning": "the server always runs torchThreads intra-op threads (what "
     "threadTuning: fixed did)",
+    "sliceTokens": "scheduling rounds are bounded in time, not in model tokens: set "
+    "roundBudgetMs (ROUND_BUDGET_MS, milliseconds of backend work per round) instead",
 }
 
 
@@ -276,6 +278,7 @@ class Server(_Model):
     log_format: Literal["json", "text"] | None = None
     graceful_shutdown_seconds: int | None = Field(None, ge=0)
     request_timeout_seconds: float | None = Field(None, gt=0, le=3600)
+    round_budget_ms: float | None = Field(None, gt=0, le=10_000)
 
     @model_validator(mode="before")
     @classmethod

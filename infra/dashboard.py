@@ -34,6 +34,8 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 NS = 'namespace="$namespace"'
 PREDICT = f'{NS},route=~"{predict_route_regex()}"'
 SERVER = f'{NS},pod=~"$name-.+",container="server"'
+# Model tokens the backends ran (the denominator of the wasted and refused shares).
+EXECUTED = f'rate(uninlu_backend_tokens_total{{{NS},kind="real"}}[2m])'
 # The p95 SLO's error budget: the burn rate is the slow share divided by it (5 %).
 LATENCY_BUDGET = 0.05
 
@@ -109,12 +111,50 @@ PANELS: tuple[PanelSpec, ...] = (
     ),
     PanelSpec(
         "Rejections by reason",
-        "Refused requests per predict request, by cause (queue_full = 429 overloaded; "
-        "text_too_long, body_too_large, too_many_items = 413; invalid_request, too_complex = 422).",
+        "Refused requests per predict request, by cause (queue_full = 429 overloaded at "
+        "MAX_QUEUE; predicted_late = 429 overloaded, the backlog would make a deadline pass; "
+        "deadline_exceeded = 504; shutting_down = 503; text_too_long, body_too_large, "
+        "too_many_items = 413; invalid_request, too_complex = 422).",
         "percentunit",
         (
             _q(f"namespace_reason:uninlu_rejected:ratio_rate2m{{{NS}}} > 0", "{{reason}}"),
             _q(f"namespace_status:uninlu_requests_4xx:ratio_rate2m{{{NS}}}", "status {{status}}"),
+        ),
+    ),
+    PanelSpec(
+        "Work thrown away and refused",
+        "Model tokens spent on predictions that then ended without an output (deadline, "
+        "client gone, shutdown, error), and the estimated tokens of predictions refused before "
+        "any compute, each as a share of the model tokens the backends ran, by cause.",
+        "percentunit",
+        (
+            _q(
+                f"(sum by (reason) (rate(uninlu_wasted_tokens_total{{{NS}}}[2m])) "
+                f"/ ignoring (reason) group_left sum({EXECUTED})) > 0",
+                "wasted: {{reason}}",
+            ),
+            _q(
+                f"(sum by (reason) (rate(uninlu_refused_tokens_total{{{NS}}}[2m])) "
+                f"/ ignoring (reason) group_left sum({EXECUTED})) > 0",
+                "refused: {{reason}}",
+            ),
+        ),
+    ),
+    PanelSpec(
+        "Scheduling rounds against the backend's speed",
+        "p95 wall time of a scheduling round (they aim at ROUND_BUDGET_MS), and the scheduler's "
+        "measure of the backend: seconds per 1,000 model tokens, by stage.",
+        "s",
+        (
+            _q(
+                "histogram_quantile(0.95, sum by (le) "
+                f"(rate(uninlu_round_seconds_bucket{{{NS}}}[2m])))",
+                "round p95",
+            ),
+            _q(
+                f"max by (stage) (uninlu_backend_seconds_per_token{{{NS}}}) * 1000",
+                "{{stage}}: s per 1,000 tokens",
+            ),
         ),
     ),
     PanelSpec(

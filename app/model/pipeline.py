@@ -35,7 +35,7 @@ THRESHOLD = 0.5  # on the raw logits (ModelScope compares logits, not sigmoid pr
 # synchronous
 # driver. Cost is counted in model tokens: every token that goes into a backend call (a text
 # window's tokens for EncodeText, window length + prompt length per ScorePrompts row).
-SLICE_TOKENS = 1024  # most tokens of one request per backend call (the scheduler's slice)
+MAX_BATCH_TOKENS = 8192  # most padded tokens (rows x longest row) in one backend call
 MAX_PROMPT_ROWS = 4096  # most prompt rows of one request
 # About 52 s of one pod's worker at the measured 1.3 ms per model token (full-size int8, 2 cores:
 # the 3,000-character 10-type request of issue 15, about 38,300 tokens, took 50 s): under the
@@ -322,10 +322,10 @@ class Extraction:
         return out
 
 
-def run_steps(backend, extraction: Extraction, slice_tokens: int | None = SLICE_TOKENS) -> list:
+def run_steps(backend, extraction: Extraction, call_tokens: int | None = MAX_BATCH_TOKENS) -> list:
     """The synchronous driver: execute each step as soon as it is yielded, in backend calls of at
-    most `slice_tokens` padded tokens (as the server does), so peak memory is bounded by the
-    slice and not by a schema level's row count. None: each step in one call."""
+    most `call_tokens` padded tokens (as the server does), so peak memory is bounded by a call
+    and not by a schema level's row count. None: each step in one call."""
     gen = extraction.steps()
     try:
         step = next(gen)
@@ -333,7 +333,7 @@ def run_steps(backend, extraction: Extraction, slice_tokens: int | None = SLICE_
             call = backend.encode if isinstance(step, EncodeText) else backend.score
             lengths = step_lengths(step)
             result: list = [None] * len(lengths)
-            for part in token_batches(lengths, slice_tokens):
+            for part in token_batches(lengths, call_tokens):
                 piece = step_slice(step, part)
                 outputs = call(piece.windows if isinstance(piece, EncodeText) else piece.rows)
                 for i, out in zip(part, outputs, strict=True):
@@ -350,11 +350,11 @@ def predict(
     schema: dict | str,
     output_all_prefix: bool = False,
     *,
-    slice_tokens: int | None = SLICE_TOKENS,
+    call_tokens: int | None = MAX_BATCH_TOKENS,
     max_prompt_rows: int | None = MAX_PROMPT_ROWS,
     max_cost: int | None = MAX_REQUEST_COST,
 ) -> list:
     """One request, start to end, on the calling thread, with the server's default slicing and
     limits (pass None to lift a limit on purpose)."""
     extraction = Extraction(tokenizer, text, schema, output_all_prefix, max_prompt_rows, max_cost)
-    return run_steps(backend, extraction, slice_tokens)
+    return run_steps(backend, extraction, call_tokens)

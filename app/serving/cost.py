@@ -21,6 +21,7 @@ class CostEstimate:
     tokens: int  # text tokens, with [CLS] and [SEP]
     windows: int  # text windows of at most 384 tokens
     rows: int  # prompt rows of the first level (certain)
+    encode: int  # model tokens of the text windows (EncodeText), part of cost
     cost: int  # model tokens of the text and the first level (certain)
     bound: int  # model tokens of every level if each chain yielded as many spans as it can
 
@@ -50,4 +51,4 @@ def estimate_cost(tokenizer, text: str, schema: dict) -> CostEstimate:
 
     nested = sum(deeper(sub, spans) for sub in schema.values() if sub)
     rows = len(prompt_ids) * n_win
-    return CostEstimate(len(ids), n_win, rows, encode + first, encode + first + nested)
+    return CostEstimate(len(ids), n_win, rows, encode, encode + first, encode + first + nested)

@@ -17,11 +17,20 @@ log = logging.getLogger("uninlu.server")
 
 
 class ApiError(Exception):
-    """An HTTP answer other than 200: status, machine code, human message, optional headers."""
+    """An HTTP answer other than 200: status, machine code, human message, optional headers, and
+    the reason label of uninlu_rejected_total when it is not the code's (REJECT_REASON)."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict | None = None,
+        reason: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
+        self.reason = reason
 
 
 # The reason label of uninlu_rejected_total for each refusal code (bounded, see REJECT_REASONS).
@@ -49,15 +58,17 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
 def install_error_handlers(app: FastAPI, metrics: Metrics, max_body_bytes: int) -> None:
     """The one place where failures become status codes."""
 
-    def reject(status: int, code: str, message: str, headers: dict | None = None):
-        reason = REJECT_REASON.get(code)
+    def reject(
+        status: int, code: str, message: str, headers: dict | None = None, reason: str | None = None
+    ):
+        reason = reason or REJECT_REASON.get(code)
         if reason:
             metrics.rejected.labels(reason).inc()
         return error_response(status, code, message, headers)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
-        return reject(err.status, err.code, err.message, err.headers)
+        return reject(err.status, err.code, err.message, err.headers, err.reason)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, err: RequestValidationError) -> JSONResponse:

@@ -24,12 +24,24 @@ REJECT_REASONS = (
     "too_many_items",
     "invalid_request",
     "too_complex",
-    "deadline_exceeded",  # 504: the request's time limit passed; its remaining steps dropped
+    "deadline_exceeded",  # 504: the request's time limit passed, or it could not fit it any more
+    "predicted_late",  # 429: admitted, the backlog would have made it (or another) miss a deadline
     "client_disconnected",  # the client closed the connection first; remaining steps dropped
 )
 INFERENCE_STAGES = ("tokenize", "encode", "score", "decode")
 BACKEND_STAGES = ("encode", "score")
 TOKEN_KINDS = ("real", "padded")  # padded: positions of a padded call that hold no token
+# Why tokens already sent to the backend were thrown away (the request ended without output).
+WASTE_REASONS = (
+    "deadline_exceeded",
+    "client_disconnected",
+    "shutting_down",
+    "too_complex",
+    "error",
+)
+# Why a prediction was refused at admission, before any compute (its estimate is counted).
+REFUSE_REASONS = ("queue_full", "predicted_late", "deadline_exceeded", "shutting_down")
+_ROUND_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0)
 _COST_BUCKETS = (100, 300, 1000, 3000, 10000, 20000, 40000, 80000, 160000, 400000)
 _ROW_BUCKETS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -109,6 +121,42 @@ class Metrics:
             buckets=_ROW_BUCKETS,
             registry=r,
         )
+        self.wasted_tokens = Counter(
+            "uninlu_wasted_tokens",
+            "Model tokens sent to the backend for predictions that then ended without an output "
+            "(work thrown away), by cause; its share of uninlu_backend_tokens_total{kind=real} is "
+            "the wasted share",
+            ("reason",),
+            registry=r,
+        )
+        self.refused_tokens = Counter(
+            "uninlu_refused_tokens",
+            "Estimated model tokens of predictions refused at admission, before any compute, by "
+            "cause (queue_full, predicted_late: 429; deadline_exceeded: 504 at once; "
+            "shutting_down: 503)",
+            ("reason",),
+            registry=r,
+        )
+        self.round_seconds = Histogram(
+            "uninlu_round_seconds",
+            "Wall time of one scheduling round (its encode and score calls and the decoding "
+            "between them); rounds aim at ROUND_BUDGET_MS",
+            buckets=_ROUND_BUCKETS,
+            registry=r,
+        )
+        self.seconds_per_token = Gauge(
+            "uninlu_backend_seconds_per_token",
+            "The scheduler's measure of backend speed: seconds per model token, by stage (a "
+            "token-weighted moving average of its calls, seeded by the warm-up)",
+            ("stage",),
+            registry=r,
+        )
+        self.backlog_seconds = Gauge(
+            "uninlu_backlog_seconds",
+            "Estimated seconds of backend work of the admitted predictions, as of the last "
+            "admission",
+            registry=r,
+        )
         self.rejected = Counter(
             "uninlu_rejected_total",
             "Requests refused before inference, or cancelled during it (deadline_exceeded, "
@@ -142,3 +190,7 @@ class Metrics:
         for stage in BACKEND_STAGES:
             for kind in TOKEN_KINDS:
                 self.backend_tokens.labels(stage, kind)
+        for reason in WASTE_REASONS:
+            self.wasted_tokens.labels(reason)
+        for reason in REFUSE_REASONS:
+            self.refused_tokens.labels(reason)

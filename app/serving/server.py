@@ -36,7 +36,14 @@ from app import __version__
 from app.model.errors import InputError, SchemaError, TooComplex, UninluError
 from app.model.examples import load_examples
 from app.model.pipeline import parse_schema
-from app.serving.batching import Batcher, DeadlineExceeded, Job, NotAccepting, Overloaded
+from app.serving.batching import (
+    Batcher,
+    DeadlineExceeded,
+    Job,
+    NotAccepting,
+    Overloaded,
+    ShuttingDown,
+)
 from app.serving.cost import CostEstimate, estimate_cost
 from app.serving.http_errors import ApiError, error_response, install_error_handlers
 from app.serving.logging import configure_logging
@@ -53,6 +60,7 @@ from app.serving.schemas import (
     ReadyResponse,
 )
 from app.serving.settings import Settings, SettingsError
+from app.serving.speed import BackendSpeed, SlowedBackend
 
 log = logging.getLogger("uninlu.server")
 
@@ -100,20 +108,26 @@ class ServerState:
 
     def begin_drain(self, from_signal: bool = False) -> None:
         """Readiness 503 and no new predictions, at once. From a signal handler only flags are
-        set; the gauge and the log line (which take locks) follow on the event loop."""
+        set; the gauge, the log line (which take locks) and the in-flight requests' drain
+        follow on the event loop. From a signal, every admitted request has its answer within
+        the shutdown budget (app/contract/shutdown.py, answer_deadline): the batcher answers at
+        once, 503, those that cannot finish by then."""
         first = not self.draining
         self.draining = True
         self.ready = False
         if self.batcher is not None:
             self.batcher.stop_admitting()
         if first and from_signal and self.loop is not None:
-            self.loop.call_soon_threadsafe(self._announce_drain)
+            answer_by = time.monotonic() + self.settings.shutdown_budget.answer_deadline
+            self.loop.call_soon_threadsafe(self._announce_drain, answer_by)
         elif first:
             self._announce_drain()
 
-    def _announce_drain(self) -> None:
+    def _announce_drain(self, answer_by: float | None = None) -> None:
         self.metrics.model_ready.set(0)
         log.info("draining: /ready now answers 503 and new predictions are refused")
+        if answer_by is not None and self.batcher is not None:
+            self.batcher.drain(answer_by)
 
 
 def apply_thread_settings(settings: Settings, environ: dict | None = None) -> bool:
@@ -194,6 +208,9 @@ async def _load_and_warm_up(state: ServerState, loader: Loader) -> None:
         backend, tokenizer = await asyncio.to_thread(loader, settings)
         load_seconds = time.perf_counter() - started
         metrics.model_load_seconds.set(load_seconds)
+        if settings.recorded_speed is not None:  # TEST_BACKEND_SECONDS_PER_TOKEN: tests only
+            log.warning("TEST_BACKEND_SECONDS_PER_TOKEN is set: the backend is slowed on purpose")
+            backend = SlowedBackend(backend, settings.recorded_speed)
         batcher = Batcher(
             backend,
             tokenizer,
@@ -203,8 +220,9 @@ async def _load_and_warm_up(state: ServerState, loader: Loader) -> None:
             max_queue=settings.max_queue,
             max_prompt_rows=settings.max_prompt_rows,
             max_request_cost=settings.max_request_cost,
-            slice_tokens=settings.slice_tokens,
+            round_budget_ms=settings.round_budget_ms,
             metrics=metrics,
+            speed=BackendSpeed(recorded=settings.recorded_speed),
         )
         batcher.start()
         state.admission = Admission(tokenizer)
@@ -213,9 +231,14 @@ async def _load_and_warm_up(state: ServerState, loader: Loader) -> None:
             batcher.stop_admitting()
             return
         started = time.perf_counter()
-        warmup = _warmup_jobs(settings)
-        for i in range(0, len(warmup), settings.max_queue):  # within admission, even MAX_QUEUE=1
-            await batcher.predict_many(warmup[i : i + settings.max_queue])
+        # Twice: the first pass pays the runtime's one-off start-up work, the second measures
+        # the speed the scheduler starts from (app/serving/speed.py).
+        for measure in (False, True):
+            if measure:
+                batcher.speed.forget()
+            warmup = _warmup_jobs(settings)
+            for i in range(0, len(warmup), settings.max_queue):  # within MAX_QUEUE, even 1
+                await batcher.predict_many(warmup[i : i + settings.max_queue])
         warmup_seconds = time.perf_counter() - started
         model = Path(settings.model_path).name or settings.model_path
         metrics.build_info.labels(__version__, model, backend.name).set(1)
@@ -229,6 +252,7 @@ async def _load_and_warm_up(state: ServerState, loader: Loader) -> None:
                 "model_load_seconds": round(load_seconds, 3),
                 "warmup_seconds": round(warmup_seconds, 3),
                 "backend": backend.name,
+                "ms_per_1000_tokens": batcher.speed.describe(),
             },
         )
     except asyncio.CancelledError:
@@ -420,7 +444,9 @@ async def _admit(state: ServerState, jobs: list[Job], request: Request) -> list[
         if estimate.cost > limit:
             where = f"items[{i}]: " if len(jobs) > 1 else ""
             raise ApiError(422, "too_complex", where + str(TooComplex.cost(estimate.cost, limit)))
-        admitted.append(dataclasses.replace(job, estimated_cost=estimate.cost))
+        admitted.append(
+            dataclasses.replace(job, estimated_cost=estimate.cost, estimated_encode=estimate.encode)
+        )
     request.state.cost_estimate = sum(j.estimated_cost or 0 for j in admitted)
     return admitted
 
@@ -434,11 +460,13 @@ async def _client_gone(request: Request) -> None:
 
 async def _run(state: ServerState, jobs: list[Job], request: Request, limit: float) -> list[list]:
     """Admit, then wait for the outputs until the time limit passes (504) or the client goes
-    away (499); either way the jobs' remaining steps are dropped by the batcher."""
+    away (499); either way the jobs' remaining steps are dropped by the batcher. Refused at
+    admission (429, 503, a 504 at once): the jobs' estimated cost counts as refused work."""
     deadline = time.monotonic() + limit
     if not state.ready or state.batcher is None:
         raise ApiError(503, *_not_ready(state))
     jobs = await _admit(state, jobs, request)
+    settings = state.settings
     prediction = asyncio.ensure_future(state.batcher.predict_many(jobs, deadline))
     watcher = asyncio.ensure_future(_client_gone(request))
     try:
@@ -453,20 +481,48 @@ async def _run(state: ServerState, jobs: list[Job], request: Request, limit: flo
             )
         return prediction.result()
     except Overloaded as err:
+        _refused(state, jobs, err.reason)
         raise ApiError(
-            429, "overloaded", str(err), headers={"Retry-After": str(err.retry_after)}
+            429,
+            "overloaded",
+            str(err),
+            headers={"Retry-After": str(err.retry_after)},
+            reason=err.reason,
         ) from None
     except NotAccepting:
-        raise ApiError(503, "shutting_down", "the server is shutting down") from None
-    except DeadlineExceeded:
-        request.state.cancelled = "deadline_exceeded"
+        _refused(state, jobs, "shutting_down")
         raise ApiError(
-            504,
-            "deadline_exceeded",
-            f"the request did not finish within its time limit of {limit:g} s and was cancelled "
-            f"(server limit REQUEST_TIMEOUT_SECONDS={state.settings.request_timeout_seconds:g}; "
-            "a client may ask for less with X-Request-Timeout)",
+            503, "shutting_down", "the server is shutting down", headers={"Retry-After": "1"}
         ) from None
+    except ShuttingDown as err:
+        request.state.cancelled = "shutting_down"
+        raise ApiError(
+            503,
+            "shutting_down",
+            "the server is shutting down and the request could not finish within its shutdown "
+            "budget; it was cancelled: retry (another instance will take it)",
+            headers={"Retry-After": str(err.retry_after)},
+        ) from None
+    except DeadlineExceeded as err:
+        request.state.cancelled = "deadline_exceeded"
+        server_limit = (
+            f"(server limit REQUEST_TIMEOUT_SECONDS={settings.request_timeout_seconds:g}; "
+            "a client may ask for less with X-Request-Timeout)"
+        )
+        if not err.early:
+            message = (
+                f"the request did not finish within its time limit of {limit:g} s and was "
+                f"cancelled {server_limit}"
+            )
+        else:
+            if not any(j.usage.tokens for j in jobs):
+                _refused(state, jobs, "deadline_exceeded")
+            message = (
+                f"the request cannot finish within its time limit of {limit:g} s at this "
+                f"server's measured speed (about {err.left_s or 0:.1f} s of model work left) "
+                f"and was stopped early {server_limit}"
+            )
+        raise ApiError(504, "deadline_exceeded", message) from None
     except TooComplex as err:
         raise ApiError(422, "too_complex", str(err)) from None
     except (SchemaError, InputError) as err:
@@ -475,6 +531,11 @@ async def _run(state: ServerState, jobs: list[Job], request: Request, limit: flo
         watcher.cancel()
         request.state.cost_tokens = sum(j.usage.tokens for j in jobs)
         request.state.cost_rows = sum(j.usage.rows for j in jobs)
+
+
+def _refused(state: ServerState, jobs: list[Job], reason: str) -> None:
+    """Count the estimated model tokens of predictions refused before any compute."""
+    state.metrics.refused_tokens.labels(reason).inc(sum(j.estimated_cost or 0 for j in jobs))
 
 
 # ------------------------------------------------------------------------------------ serving

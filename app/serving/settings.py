@@ -13,14 +13,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.contract import shutdown
-from app.model.pipeline import MAX_PROMPT_ROWS, MAX_REQUEST_COST, SLICE_TOKENS
+from app.model.pipeline import MAX_BATCH_TOKENS, MAX_PROMPT_ROWS, MAX_REQUEST_COST
+from app.serving.batching import ROUND_BUDGET_MS
+from app.serving.speed import STAGES
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 
 # Settings that were removed: set anyway, they stop start-up with what the server does now.
 REMOVED = {
-    "SCHEDULER": "the batcher always serves the request with the fewest model tokens so far first "
-    "(least attained), in slices of SLICE_TOKENS; unset SCHEDULER",
+    "SCHEDULER": "the batcher always serves the request with the least work so far first "
+    "(least attained), in rounds of ROUND_BUDGET_MS; unset SCHEDULER",
+    "SLICE_TOKENS": "rounds are bounded in time, not in model tokens: set ROUND_BUDGET_MS "
+    "(milliseconds of backend work per scheduling round, sized from the measured speed) and "
+    "unset SLICE_TOKENS",
     "THREAD_TUNING": "torch always runs TORCH_THREADS intra-op threads (what THREAD_TUNING=fixed "
     "did); unset THREAD_TUNING",
 }
@@ -39,7 +44,6 @@ _POSITIVE = (
     "max_batch_requests",
     "max_queue",
     "max_request_cost",
-    "slice_tokens",
 )
 
 
@@ -123,14 +127,16 @@ class Settings:
         "longest a prediction may take, queueing included; then a 504 and its remaining model "
         "steps are dropped. A client may ask for less with the X-Request-Timeout header",
     )
-    slice_tokens: int = _setting(
-        SLICE_TOKENS,
-        "SLICE_TOKENS",
-        "most model tokens of one request per scheduling round: a short request behind a long "
-        "one waits about one such slice (smaller: fairer, more backend calls)",
+    round_budget_ms: float = _setting(
+        ROUND_BUDGET_MS,
+        "ROUND_BUDGET_MS",
+        "backend time of one scheduling round, in ms: each round holds what the backend runs in "
+        "about this long, by its measured seconds per model token, so a short request behind a "
+        "long one waits about one round on any machine (smaller: fairer, more backend calls); "
+        "one input that takes longer (a score row of a slow machine) makes a round alone",
     )
     max_batch_tokens: int = _setting(
-        8192,
+        MAX_BATCH_TOKENS,
         "MAX_BATCH_TOKENS",
         "upper bound of one backend call: rows x padded length; bigger rounds are split",
     )
@@ -160,6 +166,13 @@ class Settings:
         "the whole shutdown after SIGTERM: drain delay, then in-flight requests, then the "
         "batcher's close (app/contract/shutdown.py splits it; the pod's grace period covers it)",
     )
+    test_backend_seconds_per_token: str = _setting(
+        "",
+        "TEST_BACKEND_SECONDS_PER_TOKEN",
+        "TEST ONLY, never set in a deployment: 'ENCODE,SCORE' seconds per model token that the "
+        "scheduler records for every backend call instead of the time it took, so that tests "
+        "drive round sizes, admission and the drain deterministically; empty: measured",
+    )
     drain_delay_seconds: float = _setting(
         0.0,
         "DRAIN_DELAY_SECONDS",
@@ -173,6 +186,9 @@ class Settings:
                 raise SettingsError(f"{_env(name)} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.request_timeout_seconds < float("inf"):
             raise SettingsError("REQUEST_TIMEOUT_SECONDS must be a positive number of seconds")
+        if not 0 < self.round_budget_ms < float("inf"):
+            raise SettingsError("ROUND_BUDGET_MS must be a positive number of milliseconds")
+        self.recorded_speed  # noqa: B018 - validates TEST_BACKEND_SECONDS_PER_TOKEN
         for name in ("batch_wait_ms", "graceful_shutdown_seconds", "drain_delay_seconds"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_env(name)} must not be negative")
@@ -219,6 +235,23 @@ class Settings:
                 continue
             values[f.name] = _parse(f, raw.strip())
         return cls(**values)
+
+    @property
+    def recorded_speed(self) -> dict[str, float] | None:
+        """TEST_BACKEND_SECONDS_PER_TOKEN as {stage: seconds per token}; None when unset."""
+        raw = self.test_backend_seconds_per_token.strip()
+        if not raw:
+            return None
+        try:
+            values = [float(v) for v in raw.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != len(STAGES) or not all(0 < v < float("inf") for v in values):
+            raise SettingsError(
+                "TEST_BACKEND_SECONDS_PER_TOKEN must be two positive numbers, 'ENCODE,SCORE' "
+                f"seconds per model token, got {raw!r}"
+            )
+        return dict(zip(STAGES, values, strict=True))
 
     @property
     def shutdown_budget(self) -> shutdown.ShutdownBudget:

@@ -56,13 +56,13 @@ def test_bad_model_path_is_a_clear_error(tmp_path):
 
 def test_predict_applies_the_server_limits_unless_lifted(tiny_model_dir):
     """Same environment settings as the server: over MAX_REQUEST_COST is refused; --no-limits
-    runs it anyway (sliced, so memory stays bounded)."""
+    runs it anyway (in calls of at most MAX_BATCH_TOKENS, so memory stays bounded)."""
     import os
 
     long_text = TEXT * 20
     args = ["--model-path", str(tiny_model_dir), "--text", long_text, "--schema",
             json.dumps(SCHEMA, ensure_ascii=False), "--threads", "1"]  # fmt: skip
-    env = {**os.environ, "MAX_REQUEST_COST": "500", "SLICE_TOKENS": "300"}
+    env = {**os.environ, "MAX_REQUEST_COST": "500", "MAX_BATCH_TOKENS": "300"}
     refused = subprocess.run(
         [sys.executable, "-m", "app", "predict", *args],
         capture_output=True, text=True, timeout=120, check=False, env=env,

@@ -97,10 +97,10 @@ def unit_tests() -> list[dict]:
     )
     overload = _fired(
         "warning",
-        "10% of predict requests in namespace ml were refused with 429 (queue full) over the "
-        "last 2 minutes, for 10m (threshold 5 %).",
+        "10% of predict requests in namespace ml were refused with 429 overloaded (queue full, "
+        "or a backlog that would make their deadlines pass) over the last 2 minutes, for 10m "
+        "(threshold 5 %).",
         "UninluOverloaded",
-        {"reason": "queue_full"},
     )
     fast = _fired(
         "critical",
@@ -138,6 +138,18 @@ def unit_tests() -> list[dict]:
                 _requests("200", "0+90x20"),
                 _requests("429", "0+10x20"),
                 _series("uninlu_rejected_total", "0+10x20", reason="queue_full", pod="p1"),
+            ],
+            "15m",
+            "UninluOverloaded",
+            overload,
+        ),
+        # Both causes of a 429 add up: 4 % queue full and 6 % predicted late warn.
+        _case(
+            [
+                _requests("200", "0+90x20"),
+                _requests("429", "0+10x20"),
+                _series("uninlu_rejected_total", "0+4x20", reason="queue_full", pod="p1"),
+                _series("uninlu_rejected_total", "0+6x20", reason="predicted_late", pod="p1"),
             ],
             "15m",
             "UninluOverloaded",

@@ -166,12 +166,12 @@ def test_configmap_carries_valid_server_settings(rendered):
     assert server["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
 
 
-def test_request_timeout_and_cost_budget_reach_the_server():
-    config = find(
-        render_chart({"server": {"requestTimeoutSeconds": 2.5, "maxRequestCost": 900}}), "ConfigMap"
-    )
+def test_request_timeout_cost_budget_and_round_budget_reach_the_server():
+    values = {"requestTimeoutSeconds": 2.5, "maxRequestCost": 900, "roundBudgetMs": 120.5}
+    config = find(render_chart({"server": values}), "ConfigMap")
     settings = Settings.from_env(config["data"])
     assert (settings.request_timeout_seconds, settings.max_request_cost) == (2.5, 900)
+    assert settings.round_budget_ms == 120.5
     assert (
         Settings.from_env(find(render_chart({}), "ConfigMap")["data"]).request_timeout_seconds == 60
     )

@@ -126,6 +126,17 @@ def test_thread_settings_come_from_values():
         render_chart({"server": {"ompWaitPolicy": "spin"}})
 
 
+@pytest.mark.parametrize("value", [1024, None])
+def test_slice_tokens_is_no_chart_value_the_round_budget_is(value):
+    """Rounds are bounded in time (server.roundBudgetMs, ROUND_BUDGET_MS), not in tokens."""
+    with pytest.raises(ChartError) as error:
+        render_chart({"server": {"sliceTokens": value}})
+    assert "at '/server': additional properties 'sliceTokens' not allowed" in str(error.value)
+    with pytest.raises(ChartError, match="roundBudgetMs"):
+        render_chart({"server": {"roundBudgetMs": 0}})
+    assert "ROUND_BUDGET_MS" not in find(render_chart({}), "ConfigMap")["data"]
+
+
 @pytest.mark.parametrize("value", ["fixed", "adaptive", None])
 def test_the_removed_thread_tuning_value_is_refused(value):
     """server.threadTuning (THREAD_TUNING) was removed: torch always runs server.torchThreads."""

@@ -131,6 +131,18 @@ CASES = {
         {"overrides": {"server": {**prod_value("server"), "requestTimeoutSeconds": 0}}},
         ["uninlu:server.requestTimeoutSeconds", "greater than 0"],
     ),
+    "round budget of zero": (
+        {"overrides": {"server": {**prod_value("server"), "roundBudgetMs": 0}}},
+        ["uninlu:server.roundBudgetMs", "greater than 0"],
+    ),
+    "the removed sliceTokens key": (
+        {"overrides": {"server": {**prod_value("server"), "sliceTokens": 1024}}},
+        [
+            "  uninlu:server: sliceTokens was removed: scheduling rounds are bounded in time, not "
+            "in model tokens: set roundBudgetMs (ROUND_BUDGET_MS, milliseconds of backend work "
+            "per round) instead; delete the key from the stack file"
+        ],
+    ),
     "the removed threadTuning key": (
         {"overrides": {"server": {**prod_value("server"), "threadTuning": "fixed"}}},
         [

@@ -33,6 +33,8 @@ def test_panels_cover_the_operators_questions():
         "Batch size",
         "Inference time by stage",
         "Rejections by reason",
+        "Work thrown away and refused",
+        "Scheduling rounds",
         "In-flight requests",
         "Model load time",
         "HPA's desired and max",

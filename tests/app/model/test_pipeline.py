@@ -85,7 +85,7 @@ def test_level_batched_walk_equals_depth_first_recursion(
 def test_one_prompt_step_per_level_with_every_chain(backend, tokenizer):
     example = BY_TASK["relation_extraction"]
     recorder = Recorder(backend)
-    output = predict(recorder, tokenizer, example["text"], example["schema"], slice_tokens=None)
+    output = predict(recorder, tokenizer, example["text"], example["schema"], call_tokens=None)
     n_windows = len(recorder.windows[0])
     assert len(recorder.windows) == 1  # the text is encoded once for all levels
     assert len(recorder.rows) == 2
@@ -185,7 +185,7 @@ def test_a_three_level_schema_over_a_long_text_stays_within_the_slice_per_call(b
         text,
         THREE_LEVELS,
         True,
-        slice_tokens=None,
+        call_tokens=None,
         max_prompt_rows=None,
         max_cost=None,
     )
@@ -197,7 +197,7 @@ def test_a_three_level_schema_over_a_long_text_stays_within_the_slice_per_call(b
         text,
         THREE_LEVELS,
         True,
-        slice_tokens=1024,
+        call_tokens=1024,
         max_prompt_rows=None,
         max_cost=None,
     )
@@ -214,7 +214,7 @@ def test_the_driver_applies_the_cost_budget_unless_lifted(backend, tokenizer):
         predict(backend, tokenizer, LONG, schema, max_cost=2000)
     recorder = CallSizes(backend)
     assert predict(recorder, tokenizer, LONG, schema, max_cost=None) == predict(
-        backend, tokenizer, LONG, schema, slice_tokens=None, max_cost=None
+        backend, tokenizer, LONG, schema, call_tokens=None, max_cost=None
     )
     assert recorder.calls
 

@@ -78,7 +78,7 @@ def test_nested_levels_send_the_prompts_of_the_extracted_chains(backend, tokeniz
     example = BY_TASK[task]
     recorder = Recorder(backend)
     chains = predict(
-        recorder, tokenizer, example["text"], example["schema"], True, slice_tokens=None
+        recorder, tokenizer, example["text"], example["schema"], True, call_tokens=None
     )
     level1 = [c for c in chains if len(c) == 1]
     assert level1, "the tiny checkpoint should extract something at the first level"

@@ -152,7 +152,7 @@ def _direct_spans(backend, tokenizer, text, node):
 def test_long_text_is_windowed_and_overlaps_are_averaged(backend, tokenizer):
     assert len(LONG) >= 1200
     recorder = Recorder(backend)
-    output = predict(recorder, tokenizer, LONG, {"车站": None}, slice_tokens=None)
+    output = predict(recorder, tokenizer, LONG, {"车站": None}, call_tokens=None)
     n_tokens = len(tokenize_text(tokenizer, LONG).ids)
     (windows,) = recorder.windows
     assert len(windows) == len(window_starts(n_tokens)) >= 3

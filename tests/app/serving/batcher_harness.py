@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from app.model.pipeline import Extraction, parse_schema, run_steps
+from app.model.pipeline import Extraction, parse_schema, row_tokens, run_steps
 from app.serving.batching import Batcher, Job
 from app.serving.metrics import Metrics
+from app.serving.speed import BackendSpeed
 
 TEXTS = [
     "今天上午，小林在杭州西湖边买了两杯龙井茶。",
@@ -25,12 +26,14 @@ SCHEMAS = [
 
 
 class RecordingBackend:
-    """The real backend; remembers each call's kind, row count and padded token count."""
+    """The real backend; remembers each call's kind, row count and padded token count, and in
+    `real` its model tokens (what the scheduler counts)."""
 
     def __init__(self, inner, fail_on: str | None = None, gate_at: int | None = None):
         self.inner = inner
         self.name = inner.name
         self.calls: list[tuple[str, int, int]] = []
+        self.real: list[int] = []
         self.fail_on = fail_on
         # gate_at=k: call k (0-based) signals `entered` and waits for `release` (a test hook to
         # act while the worker is inside a backend call, without timing).
@@ -45,6 +48,7 @@ class RecordingBackend:
 
     def encode(self, windows):
         self.calls.append(("encode", len(windows), len(windows) * max(map(len, windows))))
+        self.real.append(sum(map(len, windows)))
         self._gate()
         if self.fail_on == "encode":
             self.fail_on = None
@@ -54,12 +58,19 @@ class RecordingBackend:
     def score(self, rows):
         width = max(r.position_offset + len(r.prompt_ids) for r in rows)
         self.calls.append(("score", len(rows), len(rows) * width))
+        self.real.append(sum(map(row_tokens, rows)))
         self._gate()
         return self.inner.score(rows)
 
 
 def make(model, **kw) -> tuple[Batcher, RecordingBackend, Metrics]:
+    """A started Batcher around the recording backend. `seconds_per_token=x`: the scheduler
+    takes every call to cost x seconds per model token (BackendSpeed.recorded), so rounds and
+    admission are decided deterministically; unset: measured."""
     backend, tokenizer = model
+    per_token = kw.pop("seconds_per_token", None)
+    if per_token is not None:
+        kw["speed"] = BackendSpeed(recorded={"encode": per_token, "score": per_token})
     recorder = kw.pop("recorder", None) or RecordingBackend(
         backend, kw.pop("fail_on", None), kw.pop("gate_at", None)
     )

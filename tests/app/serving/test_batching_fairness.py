@@ -29,6 +29,8 @@ def model(tiny_model_dir):
     return load_backend(tiny_model_dir, device="cpu", threads=1)
 
 
+# Every call taken to cost 1 ms per model token, rounds of 400 ms: 400 model tokens a round.
+ROUNDS_OF_400 = {"seconds_per_token": 1e-3, "round_budget_ms": 400}
 HEAVY = Job(TEXTS[-1] * 2, parse_schema({f"类型{i}": None for i in range(10)}))
 SHORT = Job(TEXTS[0], parse_schema({"人物": None}))
 
@@ -53,7 +55,7 @@ async def short_behind_heavy(batcher: Batcher, recorder: RecordingBackend) -> li
 
 
 def test_a_short_request_behind_a_heavy_one_finishes_first(model):
-    batcher, recorder, metrics = make(model, slice_tokens=400, max_batch_tokens=4096, gate_at=0)
+    batcher, recorder, metrics = make(model, **ROUNDS_OF_400, max_batch_tokens=4096, gate_at=0)
     assert asyncio.run(short_behind_heavy(batcher, recorder)) == ["short", "heavy"]
     assert all(tokens <= 4096 or rows == 1 for _, rows, tokens in recorder.calls)
     real = sum(
@@ -109,7 +111,9 @@ def test_padding_metric_counts_what_the_backend_padded_not_the_whole_call(model)
 
 def test_sliced_results_equal_one_by_one(model):
     work = [*jobs()[:6], HEAVY]
-    batcher, recorder, _ = make(model, slice_tokens=300, max_batch_tokens=2048)
+    batcher, recorder, _ = make(
+        model, seconds_per_token=1e-3, round_budget_ms=300, max_batch_tokens=2048
+    )
     assert asyncio.run(gather_each(batcher, work)) == [one_by_one(model, j) for j in work]
     assert all(tokens <= 2048 or rows == 1 for _, rows, tokens in recorder.calls)
 
@@ -117,7 +121,7 @@ def test_sliced_results_equal_one_by_one(model):
 def test_a_cancelled_heavy_request_reaches_the_backend_no_more(model):
     """Cancelled while the worker is inside one of its calls: that call finishes, no other call
     is made for it, its slot is freed, and the next request is served at once."""
-    batcher, recorder, _ = make(model, slice_tokens=400, gate_at=2)
+    batcher, recorder, _ = make(model, **ROUNDS_OF_400, gate_at=2)
 
     async def scenario():
         heavy = asyncio.ensure_future(batcher.predict(HEAVY))
@@ -142,7 +146,7 @@ def test_a_cancelled_heavy_request_reaches_the_backend_no_more(model):
 def test_a_passed_deadline_drops_the_remaining_steps(model):
     """The deadline passes while the worker is held inside the heavy request's first call (or
     before it got there): at most that call runs for it, and the slot is freed."""
-    batcher, recorder, _ = make(model, slice_tokens=400, gate_at=0)
+    batcher, recorder, _ = make(model, **ROUNDS_OF_400, gate_at=0)
 
     async def scenario():
         started = asyncio.ensure_future(batcher.predict(HEAVY, deadline=time.monotonic() + 0.05))

@@ -30,6 +30,10 @@ def test_from_env_parses_types_and_ignores_blanks():
     )
     assert (s.port, s.torch_threads, s.batch_wait_ms, s.log_request_text) == (8000, 2, 1.5, True)
     assert s.max_queue == Settings().max_queue and s.model_path == "/models/x"
+    timed = Settings.from_env({"ROUND_BUDGET_MS": "120.5"})
+    assert timed.round_budget_ms == 120.5 and timed.recorded_speed is None
+    hooked = Settings.from_env({"TEST_BACKEND_SECONDS_PER_TOKEN": "0.001, 0.002"})
+    assert hooked.recorded_speed == {"encode": 0.001, "score": 0.002}
 
 
 @pytest.mark.parametrize(
@@ -44,6 +48,10 @@ def test_from_env_parses_types_and_ignores_blanks():
         ({"OMP_WAIT_POLICY": "spin"}, "OMP_WAIT_POLICY"),
         ({"INTRA_OP_SPINNING": "sometimes"}, "INTRA_OP_SPINNING"),
         ({"MAX_BATCH_ITEMS": "10", "MAX_QUEUE": "5"}, "MAX_BATCH_ITEMS"),
+        ({"ROUND_BUDGET_MS": "0"}, "ROUND_BUDGET_MS"),
+        ({"ROUND_BUDGET_MS": "inf"}, "ROUND_BUDGET_MS"),
+        ({"TEST_BACKEND_SECONDS_PER_TOKEN": "0.001"}, "TEST_BACKEND_SECONDS_PER_TOKEN"),
+        ({"TEST_BACKEND_SECONDS_PER_TOKEN": "fast,slow"}, "TEST_BACKEND_SECONDS_PER_TOKEN"),
     ],
 )
 def test_bad_values_name_the_variable(env, named):
@@ -67,8 +75,11 @@ def test_the_removed_torch_int8_backend_names_its_replacement():
 
 
 REMOVED_SETTINGS = {
-    "SCHEDULER": "SCHEDULER was removed: the batcher always serves the request with the fewest "
-    "model tokens so far first (least attained), in slices of SLICE_TOKENS; unset SCHEDULER",
+    "SCHEDULER": "SCHEDULER was removed: the batcher always serves the request with the least "
+    "work so far first (least attained), in rounds of ROUND_BUDGET_MS; unset SCHEDULER",
+    "SLICE_TOKENS": "SLICE_TOKENS was removed: rounds are bounded in time, not in model tokens: "
+    "set ROUND_BUDGET_MS (milliseconds of backend work per scheduling round, sized from the "
+    "measured speed) and unset SLICE_TOKENS",
     "THREAD_TUNING": "THREAD_TUNING was removed: torch always runs TORCH_THREADS intra-op threads "
     "(what THREAD_TUNING=fixed did); unset THREAD_TUNING",
 }
@@ -82,6 +93,7 @@ REMOVED_SETTINGS = {
         ("SCHEDULER", "round_robin"),
         ("THREAD_TUNING", "fixed"),
         ("THREAD_TUNING", "adaptive"),
+        ("SLICE_TOKENS", "1024"),
     ],
 )
 def test_a_removed_setting_stops_with_what_the_server_does_now(env, value):
@@ -92,7 +104,7 @@ def test_a_removed_setting_stops_with_what_the_server_does_now(env, value):
 
 def test_removed_settings_are_neither_logged_nor_refused_when_blank():
     """Like every setting, a blank one counts as unset."""
-    settings = Settings.from_env({"SCHEDULER": " ", "THREAD_TUNING": ""})
+    settings = Settings.from_env({"SCHEDULER": " ", "THREAD_TUNING": "", "SLICE_TOKENS": ""})
     assert settings.describe().keys().isdisjoint(REMOVED_SETTINGS)
 
 
@@ -135,12 +147,13 @@ def test_invalid_setting_exits_2_with_a_message():
     [
         ({"SCHEDULER": "legacy"}, REMOVED_SETTINGS["SCHEDULER"]),
         ({"THREAD_TUNING": "adaptive"}, REMOVED_SETTINGS["THREAD_TUNING"]),
+        ({"SLICE_TOKENS": "400"}, REMOVED_SETTINGS["SLICE_TOKENS"]),
         (
             {"BACKEND": "torch-int8"},
             "BACKEND must be one of torch, onnx, onnx-int8 (torch-int8 was removed: use onnx-int8)",
         ),
     ],
-    ids=["scheduler", "thread-tuning", "torch-int8"],
+    ids=["scheduler", "thread-tuning", "slice-tokens", "torch-int8"],
 )
 def test_a_removed_setting_refuses_to_start_with_one_line(env, line):
     done = _run_app({"MODEL_PATH": "/x", **env})
