@@ -22,7 +22,8 @@ Order. Requests take their pieces in this order until the round's budget is spen
    to its deadline, less that sum, is under URGENT_ROUNDS rounds, and so is every request with
    an earlier deadline. A request's priority thus improves as its deadline nears (deadline-driven
    ageing), and a costly request overtaken by a steady stream of short ones is served before its
-   deadline instead of starving.
+   deadline instead of starving. A request that has used AGE_SHARE of its time limit is urgent
+   too (ageing by waiting time: a nested request's deeper levels are not in the estimate yet).
 2. The others by least attained service (estimated seconds of backend work so far; ties: the
    earlier request): a newcomer goes first, so short requests stay fast next to heavy ones.
 
@@ -81,6 +82,14 @@ ROUND_BUDGET_MS = 150.0  # default round length (ROUND_BUDGET_MS): bench/README.
 # is decoded.
 ESTIMATE_SAFETY = 1.25
 URGENT_ROUNDS = 2  # slack (in rounds) under which a request is served before the others
+# Ageing: a request that has used this share of its time limit is urgent whatever its estimate
+# says. The estimate knows a nested request's deeper levels only once they start, so a request
+# kept back until its slack ran out could find its last level does not fit (bench/README.md,
+# "Rounds in time": without it, one nested request in 90 ended as a 504 at 57 s).
+AGE_SHARE = 0.25
+# While others wait, urgent requests take at most this share of a round before the others take
+# theirs (then the urgent ones the rest): ageing must not starve the short requests in turn.
+URGENT_SHARE = 0.5
 
 
 class Overloaded(Exception):
@@ -140,6 +149,7 @@ class _Task:
     future: asyncio.Future
     deadline: float | None = None  # time.monotonic() after which the worker drops it
     enqueued: float = field(default_factory=time.perf_counter)
+    admitted: float = field(default_factory=time.monotonic)
     seq: int = field(default_factory=lambda: next(_sequence))
     gen: Generator | None = None
     stage: str | None = None  # of the pending step: encode | score (None: not begun or ended)
@@ -496,7 +506,11 @@ class Batcher:
             "score", task.ran["score"]
         )
 
-    def _order(self, active: list[_Task]) -> list[_Task]:
+    def _span(self, task: _Task) -> float:
+        """The time the request was given: from admission to its limit."""
+        return self._limit(task) - task.admitted
+
+    def _order(self, active: list[_Task]) -> tuple[list[_Task], list[_Task]]:
         """Who takes its pieces first when a round's budget runs out: the urgent requests by
         deadline, then the others by least attained service (ties: the earlier request)."""
         now = time.monotonic()
@@ -511,41 +525,52 @@ class Batcher:
             cum += self.work_left(t)
             if self._limit(t) - now - cum * ESTIMATE_SAFETY < guard:
                 urgent = i + 1
-        first = timed[:urgent]
+        aged = {t for t in timed[urgent:] if now - t.admitted > AGE_SHARE * self._span(t)}
+        first = [t for i, t in enumerate(timed) if i < urgent or t in aged]
         chosen = set(first)
         rest = sorted(
             (t for t in active if t not in chosen), key=lambda t: (self._attained(t), t.seq)
         )
-        return first + rest
+        return first, rest
 
     def _round(self, active: list[_Task]) -> None:
         """One round of about `round_budget` seconds of backend work, shared across requests:
         the encode phase, then the score phase (which includes the first level of a text
         encoded in this round)."""
         started = time.perf_counter()
-        order = self._order(active)
+        urgent, rest = self._order(active)
         budget = self.round_budget
+        # Urgent requests take their share of the round first, then the others theirs, then the
+        # urgent ones what is left: a short request keeps its round next to aged heavy ones.
+        cap = budget * URGENT_SHARE if rest else budget
+        passes = [(urgent, cap), (rest, budget), (urgent, budget)]
         failed: dict[_Task, Exception] = {}
         # Encode phase: the pieces of the requests in order, keeping the room that the score
-        # work of the requests ahead will take in the score phase.
+        # work of the requests ahead will take in the score phase (reserved once, in the first
+        # pass that meets the request).
         planned = 0.0
         encode: list[_Item] = []
-        for t in order:
-            if t.stage == "encode":
-                planned = self._pick(t, planned, budget, encode)
-                if not t.pending and t.job.estimated_cost is not None:
-                    first_level = t.job.estimated_cost - (t.job.estimated_encode or 0)
-                    planned += min(self.piece_seconds("score", first_level), budget)
-            elif t.stage == "score":
-                planned = self._pick(t, planned, budget, None)
+        reserved: set[_Task] = set()
+        for group, limit in passes:
+            for t in group:
+                if t.stage == "encode":
+                    had = bool(t.pending)
+                    planned = self._pick(t, planned, limit, encode)
+                    if had and not t.pending and t.job.estimated_cost is not None:
+                        first_level = t.job.estimated_cost - (t.job.estimated_encode or 0)
+                        planned += min(self.piece_seconds("score", first_level), budget)
+                elif t.stage == "score" and t not in reserved:
+                    reserved.add(t)
+                    planned = self._pick(t, planned, limit, None)
         self._calls("encode", self.backend.encode, encode, failed)
         spent = sum(self.piece_seconds("encode", it.tokens) for it in encode)
         self._settle([t for t in active if t.stage == "encode"], failed)
-        # Score phase: what is left of the budget, in the same order.
+        # Score phase: what is left of the budget, in the same passes.
         score: list[_Item] = []
-        for t in order:
-            if t.gen is not None and t.stage == "score" and not t.cancelled:
-                spent = self._pick(t, spent, budget, score)
+        for group, limit in passes:
+            for t in group:
+                if t.gen is not None and t.stage == "score" and not t.cancelled:
+                    spent = self._pick(t, spent, limit, score)
         self._calls("score", self.backend.score, score, failed)
         self._settle([t for t in active if t.stage == "score"], failed)
         if self.metrics:

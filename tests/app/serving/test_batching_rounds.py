@@ -15,6 +15,7 @@ from batcher_harness import TEXTS, counter, make, one_by_one
 from app.model.pipeline import parse_schema
 from app.runtime.torch_backend import load_backend
 from app.serving.batching import (
+    AGE_SHARE,
     URGENT_ROUNDS,
     DeadlineExceeded,
     Job,
@@ -135,9 +136,13 @@ def test_a_request_near_its_deadline_goes_first_and_the_rest_by_least_attained(m
         relaxed = task(cost=900, ran=500, deadline=60)
         fresh = task(cost=100, ran=0, deadline=60)
         later_urgent = task(cost=300, ran=0, deadline=0.9)  # earlier deadline: first
-        order = batcher._order([relaxed, fresh, near, later_urgent])
-        assert order == [later_urgent, near, fresh, relaxed]
-        assert batcher._order([relaxed, fresh]) == [fresh, relaxed]
+        urgent, rest = batcher._order([relaxed, fresh, near, later_urgent])
+        assert (urgent, rest) == ([later_urgent, near], [fresh, relaxed])
+        assert batcher._order([relaxed, fresh]) == ([], [fresh, relaxed])
+        # Ageing: whatever its estimate, a request that has used AGE_SHARE of its time is urgent.
+        aged = task(cost=900, ran=500, deadline=60)
+        aged.admitted = now - 60 * AGE_SHARE / (1 - AGE_SHARE) - 1
+        assert batcher._order([relaxed, fresh, aged]) == ([aged], [fresh, relaxed])
     finally:
         loop.close()
 
