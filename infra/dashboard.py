@@ -130,12 +130,12 @@ PANELS: tuple[PanelSpec, ...] = (
         (
             _q(
                 f"(sum by (reason) (rate(uninlu_wasted_tokens_total{{{NS}}}[2m])) "
-                f"/ ignoring (reason) group_left sum({EXECUTED})) > 0",
+                f"/ ignoring (reason) group_left sum({EXECUTED}))",
                 "wasted: {{reason}}",
             ),
             _q(
                 f"(sum by (reason) (rate(uninlu_refused_tokens_total{{{NS}}}[2m])) "
-                f"/ ignoring (reason) group_left sum({EXECUTED})) > 0",
+                f"/ ignoring (reason) group_left sum({EXECUTED}))",
                 "refused: {{reason}}",
             ),
         ),
