@@ -216,11 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         table = scheduling.class_table(outcomes, scheduling.access_costs(log), HEAVY_TIMEOUT_S)
         for kind, figures in table.items():
             rows.append({"scheduler": label, "backend": args.backend, "class": kind, **figures})
-    out = args.out / f"heavy-{args.mode}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("model", "out")}
-    record = {"args": settings, "model": str(args.model), "machine": host, "rows": rows}
-    out.write_text(json.dumps(record, indent=2, ensure_ascii=False))
+    out = scheduling.write_record(args, host, rows, f"heavy-{args.mode}")
     print(f"\nmachine: {scheduling.describe(host)}")
     print(probe_table(rows) if args.mode == "probe" else scheduling.markdown(rows))
     print(f"written: {out}")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import random
 import sys
@@ -146,11 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         table = scheduling.class_table(outcomes, scheduling.access_costs(log), args.timeout)
         for kind, figures in table.items():
             rows.append({"scheduler": label, "backend": args.backend, "class": kind, **figures})
-    out = args.out / f"saturated-{args.backend}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("model", "out")}
-    record = {"args": settings, "model": str(args.model), "machine": host, "rows": rows}
-    out.write_text(json.dumps(record, indent=2, ensure_ascii=False))
+    out = scheduling.write_record(args, host, rows, f"saturated-{args.backend}")
     print(f"\nmachine: {scheduling.describe(host)}")
     print(scheduling.markdown(rows))
     print(f"written: {out}")

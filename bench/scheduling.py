@@ -172,3 +172,13 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['wasted_share']:.1%} |"
         )
     return "\n".join(lines)
+
+
+def write_record(args, host: dict, rows: list[dict], name: str) -> Path:
+    """The run's arguments, machine and rows as `args.out/name.json` (what bench/README cites)."""
+    out = args.out / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("model", "out")}
+    record = {"args": settings, "model": str(args.model), "machine": host, "rows": rows}
+    out.write_text(json.dumps(record, indent=2, ensure_ascii=False))
+    return out
