@@ -55,17 +55,12 @@ def heavy_body(examples: list[dict], chars: int = 1500, types: int = 10) -> dict
 
 
 def server_env(args, round_budget_ms: float | None = None) -> dict[str, str]:
+    """Generous limits, so that scheduling, not admission, decides what a heavy request meets."""
+    budget = f"{round_budget_ms:g}" if round_budget_ms else None
     return {
-        "MODEL_PATH": str(args.model),
-        "BACKEND": args.backend,
-        "TORCH_THREADS": str(args.threads),
-        "LOG_LEVEL": "INFO",  # the access lines: what each request cost
-        "LOG_FORMAT": "json",
-        "GRACEFUL_SHUTDOWN_SECONDS": "2",
+        **scheduling.server_env(args, HEAVY_TIMEOUT_S, budget),
         "MAX_TEXT_CHARS": "10000",
         "MAX_REQUEST_COST": "10000000",
-        "REQUEST_TIMEOUT_SECONDS": f"{HEAVY_TIMEOUT_S:g}",
-        **({"ROUND_BUDGET_MS": f"{round_budget_ms:g}"} if round_budget_ms else {}),
     }
 
 

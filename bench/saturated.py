@@ -89,16 +89,7 @@ async def replay(base_url: str, requests: list[dict], args) -> list[scheduling.O
 
 
 def server_env(args) -> dict[str, str]:
-    return {
-        "MODEL_PATH": str(args.model),
-        "BACKEND": args.backend,
-        "TORCH_THREADS": str(args.threads),
-        "LOG_LEVEL": "INFO",  # the access lines: what each request cost
-        "LOG_FORMAT": "json",
-        "GRACEFUL_SHUTDOWN_SECONDS": "2",
-        "REQUEST_TIMEOUT_SECONDS": f"{args.timeout:g}",
-        **({"ROUND_BUDGET_MS": args.round_budget_ms} if args.round_budget_ms else {}),
-    }
+    return scheduling.server_env(args, args.timeout, args.round_budget_ms)
 
 
 def parse_args(argv):

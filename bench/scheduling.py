@@ -182,3 +182,18 @@ def write_record(args, host: dict, rows: list[dict], name: str) -> Path:
     record = {"args": settings, "model": str(args.model), "machine": host, "rows": rows}
     out.write_text(json.dumps(record, indent=2, ensure_ascii=False))
     return out
+
+
+def server_env(args, timeout_s: float, round_budget_ms: str | None = None) -> dict[str, str]:
+    """The environment of a scenario's server: JSON access lines (what each request cost), the
+    request time limit and, when given, the round budget."""
+    return {
+        "MODEL_PATH": str(args.model),
+        "BACKEND": args.backend,
+        "TORCH_THREADS": str(args.threads),
+        "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "json",
+        "GRACEFUL_SHUTDOWN_SECONDS": "2",
+        "REQUEST_TIMEOUT_SECONDS": f"{timeout_s:g}",
+        **({"ROUND_BUDGET_MS": round_budget_ms} if round_budget_ms else {}),
+    }

@@ -1,9 +1,8 @@
 """The repository needs nothing outside itself: no file of it (tracked, or new and not ignored)
 names a path beside or above the checkout. A user's clone has nothing next to it, so a reference
-like `../shared/examples.json` works on one machine and fails everywhere else.
+to a folder beside the checkout works on one machine and fails everywhere else.
 
 What counts as leaving the repository:
-- the old shared folder beside the checkout (`../shared`, `shared/examples`);
 - absolute paths into this machine's work folder (`/work/...`);
 - `Path(__file__)` climbing (`.parent` chains, `.parents[N]`, `os.path.dirname` nesting) above
   the repository root, given where the file sits;
@@ -28,8 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 THIS = Path(__file__).resolve().relative_to(REPO).as_posix()
 
 _FIXED = [
-    (re.compile(r"(?<![\w./])(?:\.\./)+shared\b"), "the shared folder beside the checkout"),
-    (re.compile(r"\bshared/examples\b"), "the shared folder's examples"),
     (re.compile(r"(?<![\w.~/-])/work(?:/|\b)"), "an absolute path into /work"),
     (
         re.compile(
@@ -149,8 +146,7 @@ def test_no_file_of_the_repository_refers_to_a_path_outside_it():
         ("docker/image-test.sh", 'EXAMPLES="$(dirname "$ROOT")/data/examples.json"'),
         ("docker/image-test.sh", 'cp "$ROOT/../data/x.json" .'),
         ("Makefile", "DATA := $(CURDIR)/../data"),
-        ("README.md", "see `../shared/examples.json`"),
-        ("docs/x.md", "examples in shared/examples.json"),
+        ("README.md", "see `../data/examples.json`"),
         ("docs/x.md", "[the examples](../../data/examples.json)"),
         ("app/x.py", 'open("../data/examples.json")'),
         ("infra/kind/up.sh", 'cat "../../data/kind.yaml"'),
@@ -178,7 +174,7 @@ def test_each_kind_of_reference_outside_is_found(path, text):
         ("docker/Dockerfile", "# (a CUDA index, e.g. .../whl/cu128, for a GPU image)"),
         ("Makefile", "export PULUMI_BACKEND_URL ?= file://$(CURDIR)/.pulumi-state"),
         ("Makefile", "PIP_FLAGS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)"),
-        ("README.md", "https://example.com/work/../shared-things and http://host/a/../b"),
+        ("README.md", "https://example.com/work/../other-things and http://host/a/../b"),
         ("infra/chart/templates/x.yaml", '{{ include "uninlu.labels" . }} path: a/../b'),
         ("app/serving/batching.py", "# the tokenizer is shared across threads; network/work"),
         ("bench/x.py", "out.parent.mkdir(parents=True)  # a path's own parent, not the root's"),

@@ -81,10 +81,9 @@ class Mocks(pulumi.runtime.Mocks):
         return {}
 
 
-def stack_config(project: str, path: Path, stand_in: str) -> tuple[dict[str, str], list[str]]:
-    """What the CLI passes for this stack file: project keys prefixed, non-strings as JSON,
-    `secure:` values (which only the stack's passphrase decrypts) and the outside secrets as
-    stand-ins."""
+def stack_file_config(project: str, path: Path, stand_in: str) -> tuple[dict[str, str], list[str]]:
+    """What the CLI passes for this stack file: project keys prefixed, non-strings as JSON, and
+    `secure:` values (which only the stack's passphrase decrypts) as stand-ins listed secret."""
     document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     config: dict[str, str] = {}
     secret_keys: list[str] = []
@@ -94,6 +93,12 @@ def stack_config(project: str, path: Path, stand_in: str) -> tuple[dict[str, str
             config[name], secret_keys = stand_in, [*secret_keys, name]
         else:
             config[name] = value if isinstance(value, str) else json.dumps(value)
+    return config, secret_keys
+
+
+def stack_config(project: str, path: Path, stand_in: str) -> tuple[dict[str, str], list[str]]:
+    """The stack file's config (`stack_file_config`) and the outside secrets as stand-ins."""
+    config, secret_keys = stack_file_config(project, path, stand_in)
     for key, (section, field) in OUTSIDE_SECRETS.items():
         name = f"{project}:{key}"
         needed = json.loads(config.get(f"{project}:{section}", "{}")).get(field)

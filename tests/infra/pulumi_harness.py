@@ -20,6 +20,7 @@ from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 
 from infra.review.buildcontext import context_hash
+from infra.review.probe import is_secret, stack_file_config
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "uninlu"
@@ -41,17 +42,7 @@ def full_key(key: str) -> str:
 
 def load_stack_yaml(path: Path) -> tuple[dict[str, str], list[str]]:
     """The config map and secret keys the CLI would pass for this stack file."""
-    document = yaml.safe_load(path.read_text()) or {}
-    config: dict[str, str] = {}
-    secret_keys: list[str] = []
-    for key, value in (document.get("config") or {}).items():
-        name = full_key(key)
-        if isinstance(value, dict) and set(value) == {"secure"}:
-            config[name] = SECURE_STAND_IN
-            secret_keys.append(name)
-        else:
-            config[name] = encode(value)
-    return config, secret_keys
+    return stack_file_config(PROJECT, path, SECURE_STAND_IN)
 
 
 def _unknown(value: Any) -> bool:
@@ -61,10 +52,6 @@ def _unknown(value: Any) -> bool:
     return isinstance(value, pulumi.output.Unknown) or (
         isinstance(value, str) and value == rpc.UNKNOWN
     )
-
-
-def is_secret(value: Any) -> bool:
-    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
 
 
 def unwrap(value: Any) -> Any:

@@ -12,13 +12,7 @@ from batcher_harness import SCHEMAS, TEXTS, gather_each, histogram, jobs, make, 
 
 from app.model.errors import InputError, TooComplex
 from app.model.pipeline import EncodeText, Extraction, parse_schema
-from app.runtime.torch_backend import load_backend
 from app.serving.batching import Batcher, Job, NotAccepting, Overloaded
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return load_backend(tiny_model_dir, device="cpu", threads=1)
 
 
 def test_concurrent_results_equal_one_by_one_and_calls_mix_requests(model):

@@ -20,14 +20,7 @@ from batcher_harness import (
 )
 
 from app.model.pipeline import parse_schema
-from app.runtime.torch_backend import load_backend
 from app.serving.batching import Batcher, DeadlineExceeded, Job
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return load_backend(tiny_model_dir, device="cpu", threads=1)
-
 
 # Every call taken to cost 1 ms per model token, rounds of 400 ms: 400 model tokens a round.
 ROUNDS_OF_400 = {"seconds_per_token": 1e-3, "round_budget_ms": 400}

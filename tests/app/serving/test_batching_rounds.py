@@ -13,7 +13,6 @@ import pytest
 from batcher_harness import TEXTS, counter, make, one_by_one
 
 from app.model.pipeline import parse_schema
-from app.runtime.torch_backend import load_backend
 from app.serving.batching import (
     AGE_SHARE,
     URGENT_ROUNDS,
@@ -25,11 +24,6 @@ from app.serving.batching import (
 )
 from app.serving.cost import estimate_cost
 from app.serving.speed import BackendSpeed
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return load_backend(tiny_model_dir, device="cpu", threads=1)
 
 
 def estimated(model, text: str, schema: dict) -> Job:

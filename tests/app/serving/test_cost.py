@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from app.model.pipeline import Extraction, parse_schema, run_steps
-from app.runtime.torch_backend import load_backend
 from app.serving.cost import estimate_cost
 
 TEXT = "青石镇位于浙江省西南部的山区，距县城约四十公里，镇上有一座百年石桥。" * 12
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return load_backend(tiny_model_dir, device="cpu", threads=1)
 
 
 def test_a_flat_schema_costs_exactly_the_estimate(model):
